@@ -1,0 +1,43 @@
+"""headstart: transfer learning from pretrained backbones, with a content-addressed feature store.
+
+The public API is small; heavy dependencies import lazily inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_backbone": "headstart.backbones",
+    "list_backbones": "headstart.backbones",
+    "BackboneSpec": "headstart.backbones",
+    "load_data": "headstart.data",
+    "extract": "headstart.features",
+    "FeatureStore": "headstart.features",
+    "LinearProbe": "headstart.heads",
+    "KNNProbe": "headstart.heads",
+    "MLPHead": "headstart.heads",
+    "evaluate": "headstart.evaluate",
+    "Bundle": "headstart.bundle",
+    "HeadstartError": "headstart.errors",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from headstart.backbones import BackboneSpec, list_backbones, load_backbone
+    from headstart.bundle import Bundle
+    from headstart.data import load_data
+    from headstart.errors import HeadstartError
+    from headstart.evaluate import evaluate
+    from headstart.features import FeatureStore, extract
+    from headstart.heads import KNNProbe, LinearProbe, MLPHead
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'headstart' has no attribute {name!r}")

@@ -1,0 +1,164 @@
+"""``file:`` backbones: a local state dict, safetensors or TorchScript file with a sidecar JSON spec.
+
+The sidecar sits beside the weights with the suffix replaced by ``.json``
+(``model.safetensors`` -> ``model.json``). It names the architecture and, optionally, the
+preprocessing::
+
+    {"arch": "tv:mobilenet_v2", "input_size": 224, "mean": [0.485, 0.456, 0.406],
+     "std": [0.229, 0.224, 0.225], "interpolation": "bilinear", "crop_pct": 0.875,
+     "num_classes": 1000}
+
+For TorchScript files, ``arch`` may be omitted; the module's output is taken as pooled features.
+State dicts load with ``torch.load(weights_only=True)``; pickled code is never executed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from headstart.backbones.module import Backbone
+from headstart.backbones.packaged import sha256_file
+from headstart.backbones.spec import BackboneSpec
+from headstart.errors import DataError, UnknownBackboneError, WeightsUnavailableError
+
+_PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
+
+
+def sidecar_path(path: Path) -> Path:
+    """Where the sidecar spec of a weight file lives."""
+    return path.with_suffix(".json")
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def _read_sidecar(path: Path, required: bool) -> dict:
+    side = sidecar_path(path)
+    if not side.is_file():
+        if required:
+            raise WeightsUnavailableError(
+                f"file:{path} has no sidecar spec {side}. Write one naming the architecture, for example "
+                '{"arch": "tv:mobilenet_v2", "input_size": 224}, or save it with headstart.backbones.save_backbone.'
+            )
+        return {}
+    try:
+        return json.loads(side.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"Sidecar spec {side} is not valid JSON ({exc}). Fix the file or delete it.") from None
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsUnavailableError(f"file:{path} does not hold a state dict (found {type(state).__name__}).")
+    return state
+
+
+def _build_arch(arch: str, num_classes: int | None) -> Backbone:
+    """Build a randomly initialised architecture from a ``tv:`` or ``timm:`` name (no weights read)."""
+    from headstart.backbones import timm_adapter, torchvision_adapter
+
+    kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
+    if arch.startswith("tv:"):
+        import torchvision
+
+        return torchvision.models.get_model(arch[3:].split(".", 1)[0], weights=None, **kwargs), torchvision_adapter
+    if arch.startswith("timm:"):
+        import timm
+
+        return timm.create_model(arch[5:].split(".", 1)[0], pretrained=False, **kwargs), timm_adapter
+    raise UnknownBackboneError(f"Sidecar arch {arch!r} must start with tv: or timm:, for example tv:mobilenet_v2.")
+
+
+def load(name: str, pretrained: bool = True) -> Backbone:
+    """Load ``file:PATH``; ``pretrained=False`` keeps the architecture and skips the weights."""
+    path = Path(name.removeprefix("file:")).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(f"file:{path} does not exist. Give the path of a .safetensors, .pt or .pth file.")
+    path = path.resolve()
+    sha256 = sha256_file(path)
+    if _is_torchscript(path):
+        side = _read_sidecar(path, required=False)
+        model = torch.jit.load(str(path), map_location="cpu").eval()
+        spec = BackboneSpec(
+            name=f"file:{path}",
+            source="file",
+            arch=side.get("arch", "torchscript"),
+            weights_id=path.name,
+            sha256=sha256,
+            feature_dim=int(side.get("feature_dim", 0)),
+            **{k: (tuple(v) if isinstance(v, list) else v) for k, v in side.items() if k in _PREPROCESSING_KEYS},
+        )
+        return Backbone(model, spec, None)
+
+    side = _read_sidecar(path, required=True)
+    if "arch" not in side:
+        raise WeightsUnavailableError(f"Sidecar {sidecar_path(path)} has no 'arch' key; add one such as \"tv:mobilenet_v2\".")
+    model, adapter = _build_arch(side["arch"], side.get("num_classes"))
+    if pretrained:
+        state = _load_state(path)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise WeightsUnavailableError(
+                f"file:{path} does not fit {side['arch']}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}). Check 'arch' and 'num_classes' in "
+                f"{sidecar_path(path)}."
+            )
+    arch_name = side["arch"].split(":", 1)[1].split(".", 1)[0]
+    backbone = adapter.wrap_model(
+        model,
+        name=f"file:{path}",
+        arch=arch_name,
+        weights_id=path.name if pretrained else "random",
+        sha256=sha256 if pretrained else "random-init:unseeded",
+    )
+    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in side.items() if k in _PREPROCESSING_KEYS}
+    backbone.spec = dataclasses.replace(
+        backbone.spec, source="file", extra={"arch_source": side["arch"].split(":", 1)[0]}, **overrides
+    )
+    return backbone
+
+
+def save_backbone(backbone: Backbone, path: str | Path) -> Path:
+    """Save a backbone as ``.safetensors`` plus its sidecar spec, loadable as ``file:PATH``.
+
+    Args:
+        backbone: A ``tv:`` or ``timm:`` backbone (for example after fine-tuning).
+        path: Target path; the suffix becomes ``.safetensors``.
+
+    Returns:
+        The path of the weight file.
+    """
+    from safetensors.torch import save_file
+
+    spec = backbone.spec
+    arch_source = spec.extra.get("arch_source", spec.source)
+    if arch_source not in ("tv", "timm"):
+        raise UnknownBackboneError(f"save_backbone supports tv: and timm: architectures, not {spec.source}:.")
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in backbone.model.state_dict().items()}
+    if backbone.source_head is not None and spec.head_patterns:
+        head_name = spec.head_patterns[0].removesuffix(".*")
+        state.update({f"{head_name}.{k}": v.detach().contiguous() for k, v in backbone.source_head.state_dict().items()})
+    save_file(state, str(path))
+    side = {"arch": f"{arch_source}:{spec.arch}", "num_classes": spec.num_source_classes or None}
+    side.update(spec.preprocessing())
+    sidecar_path(path).write_text(json.dumps(side, indent=2))
+    return path

@@ -1,0 +1,114 @@
+"""``hf:`` backbones: Hugging Face transformers vision models (``AutoModel``).
+
+``hf:<repo id>`` resolves from the local Hugging Face cache (and, unless ``HEADSTART_OFFLINE=1``, the
+hub); ``hf:/path/to/folder`` loads a local folder holding ``config.json``, the weights and
+``preprocessor_config.json``. ``trust_remote_code`` is never enabled here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from headstart.backbones.module import Backbone, stage_param_groups
+from headstart.backbones.packaged import sha256_file
+from headstart.backbones.spec import BackboneSpec
+from headstart.errors import WeightsUnavailableError, require
+
+_RESAMPLE = {2: "bilinear", 3: "bicubic", 0: "nearest"}
+
+
+class HFVisionTrunk(nn.Module):
+    """Wraps a transformers vision model: ``forward`` gives pooled features, ``forward_layer`` a hidden state."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.hf = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.hf(pixel_values=x)
+        pooled = getattr(out, "pooler_output", None)
+        if pooled is None:
+            pooled = out.last_hidden_state[:, 0]
+        return pooled.flatten(1)
+
+    def forward_layer(self, x: torch.Tensor, layer: str) -> torch.Tensor:
+        index = int(layer.rsplit(".", 1)[-1])
+        out = self.hf(pixel_values=x, output_hidden_states=True)
+        return out.hidden_states[index]
+
+
+def _resolve_folder(repo: str) -> Path:
+    local = Path(repo).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    hub = require("huggingface_hub", "hf")
+    try:
+        return Path(hub.snapshot_download(repo, local_files_only=True))
+    except Exception:
+        pass
+    if os.environ.get("HEADSTART_OFFLINE", "0") != "1":
+        try:
+            return Path(hub.snapshot_download(repo))
+        except Exception as exc:  # hub and network errors come in many types
+            reason = type(exc).__name__
+    else:
+        reason = "HEADSTART_OFFLINE=1"
+    raise WeightsUnavailableError(
+        f"hf:{repo} is neither a local folder nor in the Hugging Face cache, and download failed ({reason}). "
+        "Fix: download it once on a connected machine (huggingface-cli download), or pass hf:/path/to/folder."
+    )
+
+
+def _weights_sha(folder: Path) -> str:
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / filename).is_file():
+            return sha256_file(folder / filename)
+    raise WeightsUnavailableError(f"{folder} holds no model.safetensors or pytorch_model.bin.")
+
+
+def load(name: str, pretrained: bool = True) -> Backbone:
+    """Load an ``hf:`` vision backbone."""
+    transformers = require("transformers", "hf")
+    repo = name.removeprefix("hf:")
+    folder = _resolve_folder(repo)
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    if pretrained:
+        model = transformers.AutoModel.from_pretrained(folder, trust_remote_code=False)
+        sha256 = _weights_sha(folder)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = transformers.AutoModel.from_config(config)
+        sha256 = "random-init:seed0"
+    model.eval()
+    trunk = HFVisionTrunk(model)
+    processor = {}
+    if (folder / "preprocessor_config.json").is_file():
+        processor = json.loads((folder / "preprocessor_config.json").read_text())
+    size = processor.get("size", getattr(config, "image_size", 224))
+    if isinstance(size, dict):
+        size = size.get("height") or size.get("shortest_edge") or 224
+    num_layers = int(getattr(config, "num_hidden_layers", 0))
+    layers = tuple(f"hidden.{i}" for i in range(num_layers + 1))
+    encoder_layers = [n for n, m in trunk.named_modules() if n.count(".") == 4 and ".encoder.layer." in n]
+    spec = BackboneSpec(
+        name=f"hf:{repo}" + ("" if pretrained else "@random"),
+        source="hf",
+        arch=type(model).__name__,
+        weights_id=(folder.name if pretrained else "random"),
+        sha256=sha256,
+        input_size=int(size),
+        mean=tuple(processor.get("image_mean", (0.5, 0.5, 0.5))),
+        std=tuple(processor.get("image_std", (0.5, 0.5, 0.5))),
+        interpolation=_RESAMPLE.get(processor.get("resample", 2), "bilinear"),
+        crop_pct=1.0,
+        feature_dim=int(getattr(config, "hidden_size", 0)),
+        layers=layers,
+        param_groups=stage_param_groups(trunk, encoder_layers, None),
+    )
+    return Backbone(trunk, spec, None)

@@ -1,0 +1,121 @@
+"""Resolve prefixed backbone names, and list the known ones.
+
+Prefixes: ``tv:`` (torchvision), ``timm:`` (timm), ``hf:`` (Hugging Face transformers vision
+models), ``file:`` (a local state dict, safetensors or TorchScript file with a sidecar JSON spec).
+A ``@random`` suffix gives the same architecture with a seeded random initialisation, the control
+that shows what pretraining is worth.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from dataclasses import asdict, dataclass
+
+from headstart.backbones.module import Backbone
+from headstart.errors import HeadstartError, UnknownBackboneError
+
+_ADAPTERS = {
+    "tv": "headstart.backbones.torchvision_adapter",
+    "timm": "headstart.backbones.timm_adapter",
+    "hf": "headstart.backbones.hf_adapter",
+    "file": "headstart.backbones.file_adapter",
+}
+RANDOM_SUFFIX = "@random"
+
+
+def _adapter(name: str):
+    prefix, sep, rest = name.partition(":")
+    if not sep or prefix not in _ADAPTERS or not rest:
+        raise UnknownBackboneError(
+            f"Backbone name {name!r} has no known source prefix. Use one of "
+            f"{', '.join(p + ':' for p in _ADAPTERS)}, for example tv:mobilenet_v2.IMAGENET1K_V1, "
+            "timm:tf_efficientnet_lite0, hf:google/vit-base-patch16-224 or file:./model.safetensors."
+        )
+    return importlib.import_module(_ADAPTERS[prefix])
+
+
+def load_backbone(name: str, pretrained: bool | None = None) -> Backbone:
+    """Load a backbone by its prefixed name.
+
+    Args:
+        name: For example ``tv:mobilenet_v2.IMAGENET1K_V1``, ``timm:tf_efficientnet_lite0``,
+            ``tv:mobilenet_v2@random`` or ``file:./backbone.safetensors``.
+        pretrained: Override the ``@random`` suffix: False forces a random initialisation.
+
+    Returns:
+        A :class:`Backbone` in eval mode. ``backbone.spec`` is its frozen :class:`BackboneSpec`;
+        ``backbone(x)`` returns pooled penultimate features.
+
+    Raises:
+        UnknownBackboneError: The name does not resolve; the message lists close matches.
+        WeightsUnavailableError: The weights are neither cached, packaged nor downloadable.
+        WeightsMismatchError: A weight file's sha256 is not the recorded one.
+    """
+    name = name.strip()
+    is_random = name.endswith(RANDOM_SUFFIX)
+    base = name[: -len(RANDOM_SUFFIX)] if is_random else name
+    if pretrained is None:
+        pretrained = not is_random
+    return _adapter(base).load(base, pretrained=pretrained)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """One row of :func:`list_backbones`."""
+
+    name: str
+    source: str
+    offline: bool
+    params: int | None
+    feature_dim: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def catalog() -> list[str]:
+    """All names the ``tv:`` and ``timm:`` sources know (``hf:`` and ``file:`` are open-ended)."""
+    from headstart.backbones import timm_adapter, torchvision_adapter
+
+    return torchvision_adapter.list_names() + timm_adapter.list_names()
+
+
+def list_backbones(pattern: str | None = None, offline_only: bool | None = None) -> list[BackboneInfo]:
+    """List backbones whose names match an fnmatch pattern.
+
+    Args:
+        pattern: For example ``"tv:*"`` or ``"*efficientnet_lite*"``. None lists the backbones
+            whose weights are available offline right now.
+        offline_only: Keep only rows whose weights are available offline; defaults to True when
+            no pattern is given.
+
+    Returns:
+        Rows with name, source, offline availability, parameter count and feature dimension.
+        Parameter count and feature dimension come from building the model on the meta device.
+    """
+    from headstart.backbones.availability import describe, is_offline
+
+    if offline_only is None:
+        offline_only = pattern is None
+    names = catalog()
+    if pattern is not None:
+        names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    rows = []
+    for name in names:
+        offline = is_offline(name)
+        if offline_only and not offline:
+            continue
+        params, dim = describe(name)
+        rows.append(BackboneInfo(name=name, source=name.split(":", 1)[0], offline=offline, params=params, feature_dim=dim))
+    return rows
+
+
+def close_matches(name: str) -> str:
+    """A 'Did you mean' suffix over the catalog, for error messages."""
+    from headstart.errors import did_you_mean
+
+    try:
+        return did_you_mean(name, catalog())
+    except HeadstartError:
+        return ""
