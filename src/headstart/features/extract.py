@@ -1,0 +1,311 @@
+"""Extract features from a backbone into the feature store, or read them back when stored.
+
+``extract`` is the single path from data to features. It runs batched under
+``torch.inference_mode``, with DataLoader workers for files, and on a GPU with channels_last and
+bf16 autocast. Work is committed shard by shard, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from headstart.backbones import Backbone, load_backbone
+from headstart.backbones.spec import BackboneSpec
+from headstart.data.dataset import Dataset
+from headstart.data.transforms import decode_file, preprocess_array_batch, preprocess_pil
+from headstart.features.store import FeatureStore, make_key
+
+DEFAULT_SHARD_SIZE = 2048
+
+
+@dataclass
+class Features:
+    """Features for every item of a dataset, row-aligned with it.
+
+    Attributes:
+        X: Features (N, D); rows of items that failed to decode are zeros.
+        valid: Whether each row decoded (N,).
+        labels: The dataset's labels (N,) or (N, L).
+        split: The split of each row (N,).
+        classes: Class names.
+        key: The store key.
+        path: The store entry folder.
+        hit: True when the features were read back without running the network.
+        seconds: Wall time of this call.
+        skipped: ``(item, reason)`` for every item that was dropped or failed to decode.
+        spec: The backbone spec (with the input size used).
+        layer: The layer the features come from.
+        pool: The pooling used.
+    """
+
+    X: np.ndarray
+    valid: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray
+    classes: list[str]
+    key: str
+    path: Path
+    hit: bool
+    seconds: float
+    spec: BackboneSpec
+    layer: str
+    pool: str
+    fingerprint: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.X.shape)
+
+    def get(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(X, y)`` of one split, without the rows that failed to decode."""
+        mask = (self.split == split) & self.valid
+        return self.X[mask], self.labels[mask]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "path": str(self.path),
+            "backbone": self.spec.name,
+            "layer": self.layer,
+            "pool": self.pool,
+            "image_size": self.spec.input_size,
+            "shape": list(self.shape),
+            "skipped": len(self.skipped),
+            "seconds": round(self.seconds, 3),
+            "hit": self.hit,
+        }
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``cuda`` when available (or when asked), else ``cpu``."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def store_key(spec: BackboneSpec, layer: str, pool: str, fingerprint: str) -> str:
+    """The content key of a feature set."""
+    return make_key(
+        {
+            "backbone": spec.name,
+            "weights_sha256": spec.sha256,
+            "layer": layer,
+            "pool": pool,
+            "preprocessing": spec.preprocessing(),
+            "data": fingerprint,
+        }
+    )
+
+
+class _FileImages(torch.utils.data.Dataset):
+    """Decodes image files in DataLoader workers; a file that fails yields zeros and its reason."""
+
+    def __init__(self, paths: list[str], rows: np.ndarray, spec: BackboneSpec) -> None:
+        self.paths = paths
+        self.rows = rows
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, position: int):
+        row = int(self.rows[position])
+        try:
+            tensor = preprocess_pil(decode_file(self.paths[row], self.spec), self.spec)
+            return tensor, row, ""
+        except Exception as exc:  # PIL raises many types for unreadable files; report, never abort
+            blank = torch.zeros(3, self.spec.input_size, self.spec.input_size)
+            return blank, row, f"{type(exc).__name__}: {exc}"
+
+
+def _collate(batch):
+    tensors, rows, reasons = zip(*batch)
+    return torch.stack(tensors), np.array(rows, dtype=np.int64), list(reasons)
+
+
+def default_workers() -> int:
+    """DataLoader workers for file decoding: up to 8, never more than the cores."""
+    return max(0, min(8, (os.cpu_count() or 1)))
+
+
+def _image_batches(dataset: Dataset, rows: np.ndarray, spec: BackboneSpec, batch_size: int, num_workers: int | None) -> Iterator[tuple[torch.Tensor, np.ndarray, list[str]]]:
+    if dataset.in_memory:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            yield preprocess_array_batch(dataset.items[chunk], spec), chunk, [""] * len(chunk)
+        return
+    workers = default_workers() if num_workers is None else num_workers
+    loader = torch.utils.data.DataLoader(
+        _FileImages(list(dataset.items), rows, spec),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+def _progress(total: int, description: str, quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from headstart.console import err_console
+
+    disable = quiet or not sys.stderr.isatty()
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=disable,
+        transient=False,
+    ), description
+
+
+def extract(
+    backbone: Backbone | str,
+    data: Dataset,
+    *,
+    layer: str | None = None,
+    pool: str = "avg",
+    image_size: int | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    device: str | None = None,
+    store: FeatureStore | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    quiet: bool = False,
+) -> Features:
+    """Features of every item in ``data``, through the store.
+
+    Args:
+        backbone: A :class:`Backbone` or a backbone name.
+        data: A :class:`Dataset` from :func:`headstart.load_data`.
+        layer: A layer from ``backbone.spec.layers``; None takes the pooled penultimate layer.
+        pool: ``avg``, ``max``, ``avgmax``, ``token`` or ``none`` (for intermediate layers).
+        image_size: Override the spec's input size (small images need not be upscaled to 224).
+        batch_size: Items per forward pass.
+        num_workers: DataLoader workers for image files; None picks one per core (up to 8).
+        device: ``cpu``, ``cuda`` or None for automatic.
+        store: The store; defaults to ``FeatureStore()`` (``$HEADSTART_CACHE``).
+        shard_size: Rows per committed shard.
+        quiet: No progress bar.
+
+    Returns:
+        :class:`Features`, row-aligned with ``data``. ``hit`` says whether the network ran.
+    """
+    started = time.perf_counter()
+    if isinstance(backbone, str):
+        backbone = load_backbone(backbone)
+    store = store or FeatureStore()
+    spec = backbone.spec.with_input_size(image_size)
+    layer_name = backbone.check_layer(layer)
+    fingerprint = data.fingerprint()
+    key = store_key(spec, layer_name, pool, fingerprint)
+    skipped_listing = list(data.skipped)
+
+    def finish(meta, features, valid, errors, hit):
+        item_name = (lambda i: f"item {i}") if data.in_memory else (lambda i: str(data.items[i]))
+        skipped = skipped_listing + [(item_name(i), reason) for i, reason in errors]
+        return Features(
+            X=features, valid=valid, labels=data.labels, split=data.split, classes=data.classes, key=key,
+            path=store.entry_dir(key), hit=hit, seconds=time.perf_counter() - started, spec=spec,
+            layer=layer_name, pool=pool, fingerprint=fingerprint, skipped=skipped,
+        )
+
+    stored = store.load(key)
+    if stored is not None:
+        return finish(*stored, hit=True)
+
+    store.check_writable()
+    n = len(data)
+    n_shards = max(1, -(-n // shard_size))
+    done = store.done_shards(key, n_shards)
+    pending = [i for i in range(n_shards) if i not in done]
+    dim = _run_shards(backbone, spec, data, key, store, pending, n, shard_size, layer_name, pool, batch_size, num_workers, device, quiet)
+    if dim is None:  # every shard was already on disk
+        dim = store.read_shard(key, 0)[1].shape[1]
+    meta = {
+        "parts": {
+            "backbone": spec.name,
+            "weights_sha256": spec.sha256,
+            "layer": layer_name,
+            "pool": pool,
+            "preprocessing": spec.preprocessing(),
+            "data": fingerprint,
+        },
+        "spec": spec.to_dict(),
+        "source": data.source,
+        "shape": [n, int(dim)],
+        "n_shards": n_shards,
+        "shard_size": shard_size,
+    }
+    store.commit(key, meta)
+    stored = store.load(key)
+    assert stored is not None, "a just-committed entry must load"
+    return finish(*stored, hit=False)
+
+
+def _run_shards(backbone, spec, data, key, store, pending, n, shard_size, layer, pool, batch_size, num_workers, device, quiet) -> int | None:
+    """Compute and commit the pending shards; return the feature width (None if nothing ran)."""
+    if not pending:
+        return None
+    dev = pick_device(device)
+    model = backbone.to(dev).eval()
+    use_cuda = dev.type == "cuda"
+    model = model.to(memory_format=torch.channels_last)  # faster for convolutions on CPU and GPU alike
+    rows = np.concatenate([np.arange(i * shard_size, min(n, (i + 1) * shard_size)) for i in pending])
+    buffers: dict[int, dict[str, Any]] = {}
+    dim = None
+    progress, description = _progress(len(rows), f"extract {spec.name}", quiet)
+    with progress:
+        task = progress.add_task(description, total=len(rows), rate="")
+        tick = time.perf_counter()
+        done_rows = 0
+        with torch.inference_mode():
+            for batch, batch_rows, reasons in _image_batches(data, rows, spec, batch_size, num_workers):
+                batch = batch.to(dev, non_blocking=True)
+                if batch.dim() == 4:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_cuda):
+                    out = backbone.features(batch, layer, pool)
+                out = out.float().cpu().numpy()
+                dim = out.shape[1]
+                for position, row in enumerate(batch_rows):
+                    shard = int(row) // shard_size
+                    buf = buffers.get(shard)
+                    if buf is None:
+                        start = shard * shard_size
+                        size = min(n, start + shard_size) - start
+                        buf = buffers[shard] = {"start": start, "X": np.zeros((size, dim), np.float32), "valid": np.zeros(size, bool), "errors": [], "filled": 0}
+                    local = int(row) - buf["start"]
+                    if reasons[position]:
+                        buf["errors"].append((int(row), reasons[position]))
+                    else:
+                        buf["X"][local] = out[position]
+                        buf["valid"][local] = True
+                    buf["filled"] += 1
+                    if buf["filled"] == len(buf["X"]):
+                        store.write_shard(key, shard, buf["start"], buf["X"], buf["valid"], buf["errors"])
+                        del buffers[shard]
+                done_rows += len(batch_rows)
+                rate = done_rows / max(time.perf_counter() - tick, 1e-9)
+                progress.update(task, advance=len(batch_rows), rate=f"{rate:.0f} items/s")
+    assert not buffers, "every shard must be committed once all rows ran"
+    return dim
