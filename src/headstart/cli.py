@@ -1,0 +1,193 @@
+"""The ``headstart`` command line. Each command maps one to one onto a Python function.
+
+Results go to stdout (a table, or JSON with ``--json``); progress and messages go to stderr.
+A user error prints one line and exits with code 2; Ctrl-C keeps what was committed and says how
+to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from headstart.errors import HeadstartError
+
+app = typer.Typer(
+    name="headstart",
+    help="Transfer learning from pretrained backbones: rank, extract once, probe, fine-tune, predict.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+cache_app = typer.Typer(help="Manage the on-disk feature store.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+# Options shared by every command that reads data: same names, same meaning.
+PerClass = Annotated[Optional[int], typer.Option("--per-class", help="Keep at most N training examples per class.")]
+ImageSize = Annotated[Optional[int], typer.Option("--image-size", help="Input size in pixels (overrides the backbone's).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for splits, subsamples and training.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (messages go to stderr).")]
+Out = Annotated[Optional[Path], typer.Option("--out", help="Output directory (run directory or bundle).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Feature store folder (default: $HEADSTART_CACHE or ~/.cache/headstart).")]
+
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _store(cache_dir: Path | None):
+    from headstart.features import FeatureStore
+
+    return FeatureStore(cache_dir)
+
+
+def _table(title: str, columns: list[str], rows: list[list]) -> None:
+    from rich.table import Table
+
+    from headstart.console import console
+
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    console.print(table)
+
+
+@app.command()
+def backbones(
+    pattern: Annotated[Optional[str], typer.Argument(help="fnmatch pattern, e.g. 'tv:*' or '*lite*'. Default: backbones available offline.")] = None,
+    json_out: Json = False,
+) -> None:
+    """List backbones: name, source, offline availability, parameters and feature dimension."""
+    from headstart.backbones import list_backbones
+
+    rows = list_backbones(pattern)
+    if json_out:
+        _print_json([row.to_dict() for row in rows])
+        return
+    _table(
+        f"backbones matching {pattern!r}" if pattern else "backbones available offline",
+        ["name", "source", "offline", "params", "feature dim"],
+        [[r.name, r.source, "yes" if r.offline else "no", f"{r.params / 1e6:.1f}M" if r.params else None, r.feature_dim] for r in rows],
+    )
+    if pattern is None:
+        from headstart.console import err_console
+
+        err_console.print("Pass a pattern to list every known backbone, e.g. headstart backbones 'tv:*'.")
+
+
+@app.command("extract")
+def extract_cmd(
+    data: Annotated[str, typer.Argument(help="Image folder, .csv/.jsonl manifest, .npz, or builtin:NAME.")],
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name, e.g. tv:mobilenet_v2.IMAGENET1K_V1.")],
+    layer: Annotated[Optional[str], typer.Option("--layer", help="Layer to take features from (default: pooled penultimate).")] = None,
+    pool: Annotated[str, typer.Option("--pool", help="avg, max, avgmax, token or none.")] = "avg",
+    per_class: PerClass = None,
+    image_size: ImageSize = None,
+    seed: Seed = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Items per forward pass.")] = 64,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader workers for image files.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, or auto.")] = None,
+    cache_dir: CacheDir = None,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Extract features into the store (or read them back) and print the store key."""
+    from headstart.data import load_data
+    from headstart.features import extract
+
+    dataset = load_data(data, per_class=per_class, seed=seed)
+    features = extract(
+        backbone, dataset, layer=layer, pool=pool, image_size=image_size, batch_size=batch_size,
+        num_workers=workers, device=device, store=_store(cache_dir), quiet=quiet or json_out,
+    )
+    summary = features.summary()
+    summary["skipped_items"] = [{"item": item, "reason": reason} for item, reason in features.skipped]
+    if json_out:
+        _print_json(summary)
+        return
+    _table("features", ["field", "value"], [[k, v] for k, v in summary.items() if k != "skipped_items"])
+    if features.skipped:
+        from headstart.console import err_console
+
+        for item, reason in features.skipped[:20]:
+            err_console.print(f"skipped {item}: {reason}")
+        if len(features.skipped) > 20:
+            err_console.print(f"... and {len(features.skipped) - 20} more (see --json)")
+
+
+@cache_app.command("ls")
+def cache_ls(cache_dir: CacheDir = None, json_out: Json = False) -> None:
+    """List committed store entries."""
+    entries = [e.to_dict() for e in _store(cache_dir).ls()]
+    if json_out:
+        _print_json(entries)
+        return
+    _table("feature store", ["key", "backbone", "layer", "pool", "shape", "MB"], [
+        [e["key"][:16], e["backbone"], e["layer"], e["pool"], "x".join(map(str, e["shape"] or [])), f"{e['bytes'] / 1e6:.1f}"] for e in entries
+    ])
+
+
+@cache_app.command("du")
+def cache_du(cache_dir: CacheDir = None, json_out: Json = False) -> None:
+    """Print the store's size on disk."""
+    store = _store(cache_dir)
+    size = store.du()
+    if json_out:
+        _print_json({"path": str(store.root), "bytes": size})
+    else:
+        typer.echo(f"{size / 1e6:.1f} MB in {store.root}")
+
+
+@cache_app.command("rm")
+def cache_rm(
+    key: Annotated[Optional[str], typer.Argument(help="Key or key prefix of the entry to remove.")] = None,
+    all_entries: Annotated[bool, typer.Option("--all", help="Remove every entry.")] = False,
+    cache_dir: CacheDir = None,
+    json_out: Json = False,
+) -> None:
+    """Remove store entries by key prefix, or all of them."""
+    if not key and not all_entries:
+        raise HeadstartError("Name a key (or key prefix) to remove, or pass --all. See: headstart cache ls.")
+    removed = _store(cache_dir).rm(key, everything=all_entries)
+    if json_out:
+        _print_json({"removed": removed})
+    else:
+        typer.echo(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}")
+
+
+def main() -> None:
+    """Console-script entry point: one-line errors with exit code 2, clean Ctrl-C."""
+    from headstart.console import err_console
+
+    try:
+        app(standalone_mode=False)
+    except HeadstartError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print(
+            "interrupted: committed feature shards and the last checkpoint are kept; run the same command again to resume."
+        )
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
