@@ -1,0 +1,30 @@
+"""Shared fixtures: an isolated feature store per test session, tiny models, small data."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HEADSTART_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_BACKBONE = "timm:test_efficientnet@random"
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own feature store, so no test sees another's entries."""
+    root = tmp_path_factory.mktemp("hscache")
+    monkeypatch.setenv("HEADSTART_CACHE", str(root))
+    return root
+
+
+@pytest.fixture
+def tiny_arrays():
+    """60 random 16x16 grayscale images in 3 classes whose brightness differs by class."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    images = (rng.random((60, 16, 16)) * 80 + labels[:, None, None] * 80).astype(np.uint8)
+    return images, labels
