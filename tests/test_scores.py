@@ -1,0 +1,337 @@
+"""Tests for headstart.select.scores: transferability scores."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import pytest
+
+from headstart.errors import DataError, HeadstartError
+from headstart.select import scores
+from headstart.select.scores import (
+    SCORES,
+    ScoreUndefined,
+    UnknownScoreError,
+    compute_scores,
+    hscore,
+    hscore_shrinkage,
+    leep,
+    logme,
+    nce,
+    nleep,
+    score_needs_source_logits,
+)
+
+
+def reference_logme(features: np.ndarray, labels: np.ndarray, tol: float = 1e-10, max_iter: int = 100_000) -> float:
+    """LogME as written in the paper (You et al., ICML 2021, Algorithm 1), plainly, in float64.
+
+    One SVD of F^T F; per class, MacKay's updates of alpha and beta with explicit vectors, until
+    the log evidence changes by less than ``tol`` (relative); the evidence uses the paper's
+    formula with all d eigenvalues.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    n, d = features.shape
+    v, s, vh = np.linalg.svd(features.T @ features)
+
+    def log_evidence(alpha: float, beta: float, y: np.ndarray, projection: np.ndarray) -> float:
+        m = v @ (projection * beta / (alpha + beta * s))
+        return (
+            d / 2 * np.log(alpha)
+            + n / 2 * np.log(beta)
+            - 0.5 * np.sum(np.log(alpha + beta * s))
+            - beta / 2 * np.sum((y - features @ m) ** 2)
+            - alpha / 2 * (m @ m)
+            - n / 2 * np.log(2 * np.pi)
+        )
+
+    evidences = []
+    for label in np.unique(labels):
+        y = (labels == label).astype(np.float64)
+        projection = vh @ (features.T @ y)
+        alpha, beta = 1.0, 1.0
+        previous = log_evidence(alpha, beta, y, projection)
+        for _ in range(max_iter):
+            m = v @ (projection * beta / (alpha + beta * s))
+            gamma = np.sum(beta * s / (alpha + beta * s))
+            alpha = gamma / (m @ m)
+            beta = (n - gamma) / np.sum((y - features @ m) ** 2)
+            current = log_evidence(alpha, beta, y, projection)
+            if abs(current - previous) <= tol * abs(current):
+                break
+            previous = current
+        evidences.append(current / n)
+    return float(np.mean(evidences))
+
+
+def clustered(
+    n_samples: int, n_features: int, n_classes: int, separation: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian clusters: features = separation * class centre + unit noise. 0 means pure noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n_samples) % n_classes
+    rng.shuffle(labels)
+    centres = rng.standard_normal((n_classes, n_features))
+    features = separation * centres[labels] + rng.standard_normal((n_samples, n_features))
+    return features, labels
+
+
+def source_logits_for(features: np.ndarray, n_source_classes: int = 10, seed: int = 1) -> np.ndarray:
+    """A fixed random linear 'source head' on the features."""
+    weights = np.random.default_rng(seed).standard_normal((features.shape[1], n_source_classes))
+    return 2.0 * features @ weights / math.sqrt(features.shape[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# LogME
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n_samples", "n_features", "n_classes", "separation"),
+    [
+        (60, 150, 3, 0.8),  # N < D, labels fit exactly: the evidence peaks as alpha / beta -> 0
+        (60, 150, 3, 0.1),  # N < D, interior maximum
+        (400, 40, 4, 0.5),  # N > D
+        (2000, 64, 10, 0.3),  # N >> D
+    ],
+)
+def test_logme_matches_float64_reference(n_samples, n_features, n_classes, separation):
+    features, labels = clustered(n_samples, n_features, n_classes, separation)
+    expected = reference_logme(features, labels)
+    assert logme(features, labels) == pytest.approx(expected, rel=1e-6)
+
+
+def test_logme_float32_gram_path_agrees_with_float64(monkeypatch):
+    features, labels = clustered(3000, 96, 5, 0.3, seed=3)
+    features = np.maximum(features + 0.5, 0.0).astype(np.float32)  # ReLU-like, with an offset
+    exact = logme(features.astype(np.float64), labels)
+    monkeypatch.setattr(scores, "_FLOAT32_GRAM_MIN_FLOPS", 0)  # force float32 block products
+    assert logme(features, labels) == pytest.approx(exact, rel=1e-5)
+
+
+def test_logme_of_all_zero_features_is_the_noise_only_evidence():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    features = np.zeros((labels.size, 4))
+    n = labels.size
+    counts = np.bincount(labels)
+    # Best model is y ~ N(0, I / beta) with beta = n / n_c.
+    per_class = 0.5 * np.log(n / counts) - 0.5 - 0.5 * np.log(2 * np.pi)
+    assert logme(features, labels) == pytest.approx(per_class.mean(), rel=1e-9)
+
+
+def test_logme_does_not_depend_on_label_names():
+    features, labels = clustered(120, 10, 3, 1.0)
+    names = np.array(["cat", "dog", "emu"])[labels]
+    assert logme(features, names) == pytest.approx(logme(features, labels), rel=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# Every score: informative features rank above less informative ones
+# --------------------------------------------------------------------------------------------------
+
+SCORE_CASES = [pytest.param(name, True, id=name) for name in SCORES] + [
+    pytest.param("nce", False, id="nce-kmeans")
+]
+
+
+def evaluate(name: str, with_logits: bool, features: np.ndarray, labels: np.ndarray) -> float:
+    if with_logits and "source_logits" in inspect.signature(SCORES[name]).parameters:
+        return SCORES[name](features, labels, source_logits=source_logits_for(features))
+    return SCORES[name](features, labels)
+
+
+@pytest.mark.parametrize(("name", "with_logits"), SCORE_CASES)
+def test_score_is_monotonic_in_class_information(name, with_logits):
+    strong = evaluate(name, with_logits, *clustered(300, 16, 3, separation=2.0))
+    partial = evaluate(name, with_logits, *clustered(300, 16, 3, separation=0.5))
+    noise = evaluate(name, with_logits, *clustered(300, 16, 3, separation=0.0))
+    assert strong > partial > noise, (strong, partial, noise)
+
+
+# --------------------------------------------------------------------------------------------------
+# LEEP, NLEEP, NCE, H-score: closed forms and conventions
+# --------------------------------------------------------------------------------------------------
+
+
+def test_leep_closed_form_on_three_samples():
+    # theta = softmax(log p) = p. Joint P(y, z) * 3: y=0 -> (0.8 + 0.6, 0.2 + 0.4), y=1 -> (0.1, 0.9).
+    # P(y | z): P(0 | z0) = 14/15, P(0 | z1) = 2/5, P(1 | z0) = 1/15, P(1 | z1) = 3/5.
+    # Expected predictions: 0.8*14/15 + 0.2*2/5 = 62/75, 0.6*14/15 + 0.4*2/5 = 18/25, 0.1/15 + 0.9*3/5 = 41/75.
+    probabilities = np.array([[0.8, 0.2], [0.6, 0.4], [0.1, 0.9]])
+    labels = np.array([0, 0, 1])
+    expected = (math.log(62 / 75) + math.log(18 / 25) + math.log(41 / 75)) / 3
+    features = np.zeros((3, 1))
+    assert leep(features, labels, source_logits=np.log(probabilities)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_leep_without_source_logits_is_undefined_not_zero():
+    features, labels = clustered(30, 4, 3, 1.0)
+    with pytest.raises(ScoreUndefined, match="source_logits") as caught:
+        leep(features, labels)
+    assert "nleep" in caught.value.reason
+
+
+def test_nce_is_zero_when_source_labels_determine_the_target():
+    features, labels = clustered(60, 4, 3, 0.0)
+    # Each target class splits into two source classes: Z still determines Y.
+    source = labels * 2 + np.arange(labels.size) % 2
+    logits = 5.0 * np.eye(6)[source]
+    assert nce(features, labels, source_logits=logits) == 0.0
+
+
+def test_nce_with_uninformative_source_is_minus_label_entropy():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    features = np.zeros((6, 2))
+    logits = np.zeros((6, 4))  # argmax is source class 0 for everyone
+    probabilities = np.array([3, 2, 1]) / 6
+    assert nce(features, labels, source_logits=logits) == pytest.approx(np.sum(probabilities * np.log(probabilities)))
+
+
+def test_hscore_closed_form_in_one_dimension():
+    # Centred features (-3, -1, 1, 3): variance 20/3. Class means (-2, 2): between-class variance 16/3.
+    features = np.array([[0.0], [2.0], [4.0], [6.0]])
+    labels = np.array([0, 0, 1, 1])
+    assert hscore(features, labels) == pytest.approx(16 / 20, rel=1e-12)
+
+
+def test_hscore_shrinkage_is_hscore_with_shrinkage():
+    features, labels = clustered(100, 8, 3, 1.0)
+    assert hscore_shrinkage(features, labels) == hscore(features, labels, shrinkage=True)
+    assert hscore_shrinkage(features, labels) != hscore(features, labels)
+
+
+def test_hscore_shrinkage_ranks_correctly_with_more_features_than_samples():
+    informative = hscore_shrinkage(*clustered(40, 200, 4, separation=1.0))
+    noise = hscore_shrinkage(*clustered(40, 200, 4, separation=0.0))
+    assert np.isfinite(informative) and informative > noise
+
+
+# --------------------------------------------------------------------------------------------------
+# Determinism
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("score", [nleep, nce], ids=["nleep", "nce-kmeans"])
+def test_clustering_scores_are_deterministic_given_the_seed(score):
+    features, labels = clustered(200, 12, 4, 0.7)
+    first = score(features, labels, random_state=7)
+    assert score(features, labels, random_state=7) == first
+    assert score(features, labels, random_state=8) != first
+
+
+# --------------------------------------------------------------------------------------------------
+# Input errors
+# --------------------------------------------------------------------------------------------------
+
+
+def call_with_logits(name: str, features: object, labels: object) -> float:
+    if score_needs_source_logits(name):
+        return SCORES[name](features, labels, source_logits=np.zeros((len(labels), 3)))
+    return SCORES[name](features, labels)
+
+
+@pytest.mark.parametrize("name", list(SCORES))
+def test_single_class_is_rejected(name):
+    with pytest.raises(DataError, match=r"at least 2 distinct classes, but got 1"):
+        call_with_logits(name, np.ones((10, 3)), np.zeros(10, dtype=int))
+
+
+@pytest.mark.parametrize("name", list(SCORES))
+def test_too_few_samples_is_rejected(name):
+    with pytest.raises(DataError, match=r"got 3 samples for 3 classes; the minimum is 4"):
+        call_with_logits(name, np.random.default_rng(0).standard_normal((3, 2)), np.array([0, 1, 2]))
+
+
+@pytest.mark.parametrize("name", list(SCORES))
+def test_mismatched_lengths_are_rejected(name):
+    with pytest.raises(DataError, match=r"features have 10 rows and labels have 9 entries"):
+        SCORES[name](np.ones((10, 3)), np.arange(9) % 2)
+
+
+@pytest.mark.parametrize("name", list(SCORES))
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_features_are_rejected(name, bad):
+    features, labels = clustered(20, 3, 2, 1.0)
+    features[5, 1] = bad
+    with pytest.raises(DataError, match=r"1 of 20 rows contain NaN or inf \(first bad row: 5\)"):
+        call_with_logits(name, features, labels)
+
+
+@pytest.mark.parametrize(
+    ("features", "labels", "message"),
+    [
+        (np.ones(10), np.arange(10) % 2, r"2-D array .* got an array with shape \(10,\)"),
+        (np.ones((10, 2)), np.ones((10, 2)), r"labels must be a 1-D array"),
+        (np.full((10, 2), "a"), np.arange(10) % 2, r"must be real numbers"),
+        (np.ones((10, 2)), np.array([0.0, 1.0] * 4 + [np.nan, 1.0]), r"labels must not contain NaN"),
+    ],
+)
+def test_malformed_arrays_are_rejected(features, labels, message):
+    with pytest.raises(DataError, match=message):
+        logme(features, labels)
+
+
+@pytest.mark.parametrize("name", ["leep", "nce"])
+def test_source_logits_with_wrong_rows_are_rejected(name):
+    features, labels = clustered(20, 3, 2, 1.0)
+    with pytest.raises(DataError, match=r"got 19 rows for 20 samples"):
+        SCORES[name](features, labels, source_logits=np.zeros((19, 4)))
+
+
+def test_input_errors_are_headstart_value_errors():
+    with pytest.raises(ValueError) as caught:
+        logme(np.ones((10, 3)), np.zeros(10))
+    assert isinstance(caught.value, HeadstartError)
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry and compute_scores
+# --------------------------------------------------------------------------------------------------
+
+
+def test_only_leep_needs_source_logits():
+    assert [name for name in SCORES if score_needs_source_logits(name)] == ["leep"]
+    with pytest.raises(UnknownScoreError, match=r"Did you mean: logme"):
+        score_needs_source_logits("logmee")
+
+
+def test_compute_scores_reports_undefined_leep_beside_the_other_scores():
+    features, labels = clustered(120, 8, 3, 1.0)
+    results = compute_scores(features, labels)
+    assert list(results) == list(SCORES)
+    assert isinstance(results["leep"], ScoreUndefined)
+    for name in SCORES:
+        if name != "leep":
+            assert isinstance(results[name], float) and np.isfinite(results[name]), name
+    assert results["logme"] == logme(features, labels)
+
+
+def test_compute_scores_passes_source_logits_to_scores_that_use_them():
+    features, labels = clustered(120, 8, 3, 1.0)
+    logits = source_logits_for(features)
+    results = compute_scores(features, labels, source_logits=logits, names=["leep", "nce"])
+    assert results == {"leep": leep(features, labels, logits), "nce": nce(features, labels, logits)}
+
+
+def test_one_failing_score_does_not_stop_the_others(monkeypatch):
+    def broken(features, labels):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setitem(SCORES, "hscore", broken)
+    features, labels = clustered(60, 4, 3, 1.0)
+    results = compute_scores(features, labels, names=["hscore", "logme"])
+    assert isinstance(results["hscore"], ScoreUndefined)
+    assert "LinAlgError: SVD did not converge" in results["hscore"].reason
+    assert isinstance(results["hscore"].__cause__, np.linalg.LinAlgError)
+    assert results["logme"] == logme(features, labels)
+
+
+def test_compute_scores_rejects_unknown_names_and_bad_inputs_up_front():
+    features, labels = clustered(60, 4, 3, 1.0)
+    with pytest.raises(UnknownScoreError, match=r"'hscor'.*Did you mean: hscore"):
+        compute_scores(features, labels, names=["logme", "hscor"])
+    with pytest.raises(DataError, match=r"at least 2 distinct classes"):
+        compute_scores(features, np.zeros(60))
