@@ -95,6 +95,7 @@ def source_logits_for(features: np.ndarray, n_source_classes: int = 10, seed: in
         (60, 150, 3, 0.8),  # N < D, labels fit exactly: the evidence peaks as alpha / beta -> 0
         (60, 150, 3, 0.1),  # N < D, interior maximum
         (400, 40, 4, 0.5),  # N > D
+        (400, 40, 4, 0.0),  # N > D, pure noise: flat evidence, slow plain iteration
         (2000, 64, 10, 0.3),  # N >> D
     ],
 )

@@ -17,7 +17,7 @@ softmax) for the same samples.
 | ``nleep`` | Li et al., CVPR 2021 | (-inf, 0] | no (a Gaussian mixture stands in) |
 | ``nce`` | Tran et al., ICCV 2019 | [-log(n_classes), 0] | no (uses them when given) |
 | ``hscore`` | Bao et al., ICIP 2019 | [0, n_classes - 1] when well conditioned | no |
-| ``hscore_shrinkage`` | Ibrahim et al., ICLR 2022 | [0, n_classes - 1] | no |
+| ``hscore_shrinkage`` | Ibrahim et al., 2022 | [0, n_classes - 1] | no |
 
 A score that cannot be computed from the inputs raises :class:`ScoreUndefined` with the reason.
 :func:`compute_scores` runs several scores and keeps such failures as values, so that one failing
@@ -187,18 +187,24 @@ def logme(features: np.ndarray, labels: np.ndarray, *, tol: float = 1e-10, max_i
 
     You, Liu, Wang and Long, "LogME: Practical Assessment of Pre-trained Models for Transfer
     Learning", ICML 2021. For each class c, the one-hot column y_c is modelled as F m + noise with
-    prior m ~ N(0, I / alpha) and noise ~ N(0, 1 / beta). MacKay's fixed-point iteration maximizes
-    the evidence p(y_c | F, alpha, beta) over alpha and beta; the score is the mean over classes of
-    the maximized log evidence divided by n_samples. Higher is better.
+    prior m ~ N(0, I / alpha) and noise ~ N(0, 1 / beta). The evidence p(y_c | F, alpha, beta) is
+    maximized at the fixed point of MacKay's updates alpha = gamma / |m|^2 and
+    beta = (n - gamma) / |y_c - F m|^2; the score is the mean over classes of the maximized log
+    evidence divided by n_samples. Higher is better.
 
-    The authors' code runs an SVD per call and at most 11 iterations with a 1% stopping rule. This
-    version eigendecomposes the smaller of the two Gram matrices F^T F (d x d) and F F^T (n x n)
-    once, in float64, and shares it across all classes; all classes then iterate together on
-    vectors of length min(n, d) until alpha / beta changes by less than ``tol`` (relative). The
-    score is the converged evidence, so it may differ from the authors' code in the third digit.
-    With fewer samples than features the evidence often keeps rising as alpha / beta goes to 0
-    (the labels can be fitted exactly); the iteration then stops at alpha / beta = 1e-15 times the
-    largest eigenvalue, where the evidence has reached its limit.
+    How this differs from the authors' code, which runs an SVD per call and at most 11 plain
+    iterations with a 1% stopping rule:
+
+    - The smaller of the two Gram matrices F^T F (d x d) and F F^T (n x n) is eigendecomposed once,
+      in float64, and shared by all classes; each class then costs O(min(n, d)) per step.
+    - The fixed point t = alpha / beta is solved to ``tol`` (relative) for all classes at once, by a
+      bracketed secant method on MacKay's fixed-point equation rather than by plain iteration,
+      which needs hundreds of steps when the features carry little information (the evidence is
+      then flat). The score is the converged evidence, so it can differ from the authors' code in
+      the third digit.
+    - When the evidence keeps rising toward a boundary, the score is its limit: alpha / beta -> 0
+      when the labels can be fitted exactly (possible when n <= d), alpha / beta -> inf when the
+      features cannot fit a class at all.
 
     Large float32 inputs (n * d * min(n, d) >= 2e10, such as 50,000 x 2,048) are multiplied in
     float32 blocks of 8192 rows whose products are summed in float64, which is 2.5x faster; on
@@ -208,8 +214,8 @@ def logme(features: np.ndarray, labels: np.ndarray, *, tol: float = 1e-10, max_i
     Args:
         features: Array of shape (n_samples, n_features).
         labels: One class label per sample.
-        tol: Relative change of alpha / beta below which the fixed-point iteration stops.
-        max_iter: Iteration limit; a RuntimeWarning says when some class did not converge.
+        tol: Stop when one more MacKay update would change alpha / beta by less than this (relative).
+        max_iter: Limit on secant steps; a RuntimeWarning says when some class did not converge.
 
     Returns:
         The mean over classes of log evidence / n_samples.
@@ -349,7 +355,8 @@ def _logme_fixed_point(spectrum: _Spectrum, tol: float, max_iter: int) -> np.nda
     can be fitted exactly, possible when n <= d) and t stays at the bottom. Both limits are finite.
 
     Returns:
-        t per class; one more MacKay step would change it by less than ``tol`` (relative).
+        t per class; one more MacKay step would change it by less than ``tol`` (relative), or the
+        bracket around it is narrower than that.
     """
     n_classes = spectrum.x2.shape[1]
     scale = spectrum.sigma.max() if spectrum.sigma.max() > 0 else 1.0
@@ -377,7 +384,8 @@ def _logme_fixed_point(spectrum: _Spectrum, tol: float, max_iter: int) -> np.nda
         step_low[active] = np.where(below, step, np.where(last_moved[active] == 1, step_lo / 2, step_lo))
         step_high[active] = np.where(below, np.where(last_moved[active] == -1, step_hi / 2, step_hi), step)
         last_moved[active] = moved
-        active = active[np.abs(step) > tol]
+        unsettled = (np.abs(step) > tol) & (high[active] - low[active] > tol)
+        active = active[unsettled]
     warnings.warn(
         f"logme: MacKay's fixed point was not found to relative tolerance {tol} in {max_iter} "
         f"steps for {active.size} of {n_classes} classes; the score uses the last estimate.",
@@ -437,8 +445,9 @@ def leep(features: np.ndarray, labels: np.ndarray, source_logits: np.ndarray | N
     features, codes, counts = _check_inputs(features, labels, "leep")
     if source_logits is None:
         raise ScoreUndefined(
-            "leep needs source_logits (the backbone's own classifier outputs); this backbone has "
-            "none. Use nleep, which fits a Gaussian mixture instead."
+            "leep needs source_logits (the backbone's own classifier outputs on these samples), but "
+            "none were given; a backbone without its classifier head has none. nleep and nce work "
+            "without them."
         )
     logits = _check_source_logits(source_logits, features.shape[0], "leep")
     probabilities = scipy.special.softmax(logits, axis=1)
@@ -626,10 +635,11 @@ def hscore_shrinkage(features: np.ndarray, labels: np.ndarray) -> float:
     """Shrinkage-regularized H-score: tr(cov_a(f)^-1 (1 - a) cov(E[f | y])).
 
     Ibrahim, Ponomareva and Mazumder, "Newer is not always better: Rethinking transferability
-    metrics, their peculiarities, stability and performance", ICLR 2022 (ECML-PKDD 2022). cov_a(f)
-    is the Ledoit-Wolf estimate, which shrinks the feature covariance toward a scaled identity by
-    the factor a; the between-class covariance is scaled by 1 - a to match. Stable with more
-    features than samples. Higher is better.
+    metrics, their peculiarities, stability and performance", ICLR 2022 submission,
+    https://openreview.net/forum?id=iz_Wwmfquno. cov_a(f) is the Ledoit-Wolf estimate, which
+    shrinks the feature covariance toward a scaled identity by the factor a; the between-class
+    covariance is scaled by 1 - a to match. Stable with more features than samples. Higher is
+    better.
 
     Args:
         features: Array of shape (n_samples, n_features).
