@@ -73,6 +73,7 @@ class BackboneSpec:
             "std": list(self.std),
             "interpolation": self.interpolation,
             "crop_pct": self.crop_pct,
+            "small_images": "upscale-without-crop",
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,8 +17,15 @@ from headstart.backbones.spec import BackboneSpec
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-def resize_size(spec: BackboneSpec) -> int:
-    """Shorter-side size before the centre crop."""
+def resize_size(spec: BackboneSpec, short_side: int | None = None) -> int:
+    """Shorter-side size before the centre crop.
+
+    The crop (``crop_pct``) trims the borders of photographs that are larger than the input. An
+    image whose shorter side is already below the input size (a 28x28 silhouette) is upscaled
+    straight to the input size instead: it has no border to trim, and cropping would cut the object.
+    """
+    if short_side is not None and short_side < spec.input_size:
+        return spec.input_size
     return int(math.floor(spec.input_size / spec.crop_pct + 0.5)) if spec.crop_pct < 1 else spec.input_size
 
 
@@ -38,7 +45,7 @@ def preprocess_pil(image: Image.Image, spec: BackboneSpec) -> torch.Tensor:
     from torchvision.transforms import functional as TF
 
     image = image.convert("RGB")
-    image = TF.resize(image, resize_size(spec), interpolation=InterpolationMode(spec.interpolation), antialias=True)
+    image = TF.resize(image, resize_size(spec, min(image.size)), interpolation=InterpolationMode(spec.interpolation), antialias=True)
     image = TF.center_crop(image, spec.input_size)
     tensor = TF.pil_to_tensor(image)
     return normalize_uint8(tensor[None], spec)[0]
@@ -67,7 +74,7 @@ def preprocess_array_batch(images: np.ndarray, spec: BackboneSpec) -> torch.Tens
             batch = batch[:, :3]
     batch = batch.float()
     height, width = batch.shape[-2:]
-    short = resize_size(spec)
+    short = resize_size(spec, min(height, width))
     scale = short / min(height, width)
     new_size = (max(short, round(height * scale)), max(short, round(width * scale)))
     if new_size != (height, width):

@@ -1,0 +1,260 @@
+"""Bundles: a trained model saved as a plain directory, with no pickle anywhere.
+
+::
+
+    bundle/
+      bundle.json          backbone spec (with sha256), layer, pooling, classes, head metadata,
+                           metrics and a manifest (package versions, seed, data fingerprint, store key)
+      head.safetensors     the head's arrays
+      backbone.safetensors only for fine-tuned bundles: the backbone's own weights
+
+``Bundle.load(path).predict(inputs)`` takes image paths, PIL images or arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from headstart.backbones import Backbone, BackboneSpec, load_backbone
+from headstart.backbones.packaged import sha256_file
+from headstart.errors import DataError, HeadstartError, WeightsMismatchError
+from headstart.features.store import atomic_write_bytes, atomic_write_json
+
+BUNDLE_FORMAT = 1
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a result."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("headstart", "torch", "torchvision", "timm", "numpy", "scikit-learn", "transformers"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+@dataclass
+class Prediction:
+    """One input's prediction: its label and top-k probabilities, or the reason it failed."""
+
+    input: str
+    label: str | None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "label": self.label, "top_k": [{"label": l, "p": round(p, 6)} for l, p in self.top_k], "error": self.error}
+
+
+class Bundle:
+    """A backbone reference plus a fitted head: everything needed to predict on new inputs.
+
+    Args:
+        spec: The backbone's spec, with the input size used for training.
+        head: A fitted head (see :mod:`headstart.heads`).
+        classes: Class names, in the head's label order.
+        layer: Layer the head was trained on.
+        pool: Pooling used.
+        metrics: Evaluation results to keep with the model.
+        manifest: Provenance: seed, data fingerprint, store key, command line, wall times.
+        backbone: A loaded backbone, to reuse instead of loading it again; fine-tuned bundles save
+            its weights.
+        finetuned: Whether the backbone's weights differ from ``spec`` (saved in the bundle).
+    """
+
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        head: Any,
+        classes: list[str],
+        layer: str = "pooled",
+        pool: str = "avg",
+        metrics: dict[str, Any] | None = None,
+        manifest: dict[str, Any] | None = None,
+        backbone: Backbone | None = None,
+        finetuned: bool = False,
+    ) -> None:
+        self.spec = spec
+        self.head = head
+        self.classes = list(classes)
+        self.layer = layer
+        self.pool = pool
+        self.metrics = metrics or {}
+        self.manifest = manifest or {}
+        self._backbone = backbone
+        self.finetuned = finetuned
+        self.path: Path | None = None
+
+    # ----- saving and loading -----------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bundle directory (files replaced atomically) and return its path."""
+        from safetensors.numpy import save as save_arrays
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        arrays, head_meta = self.head.to_state()
+        atomic_write_bytes(path / "head.safetensors", save_arrays({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
+        backbone_sha = None
+        if self.finetuned:
+            from safetensors.torch import save as save_tensors
+
+            state = {k: v.detach().cpu().contiguous() for k, v in self.backbone.model.state_dict().items()}
+            atomic_write_bytes(path / "backbone.safetensors", save_tensors(state))
+            backbone_sha = sha256_file(path / "backbone.safetensors")
+        document = {
+            "format": BUNDLE_FORMAT,
+            "task": "classification",
+            "modality": self.spec.modality,
+            "backbone": self.spec.to_dict(),
+            "finetuned_backbone_sha256": backbone_sha,
+            "layer": self.layer,
+            "pool": self.pool,
+            "classes": self.classes,
+            "head": head_meta,
+            "metrics": self.metrics,
+            "manifest": {"versions": package_versions(), "saved": time.time(), **self.manifest},
+        }
+        atomic_write_json(path / "bundle.json", document)
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Bundle:
+        """Load a bundle directory; the backbone itself loads on first use.
+
+        Raises:
+            DataError: The folder is not a bundle.
+        """
+        from safetensors.numpy import load_file
+
+        from headstart.heads import head_from_state
+
+        path = Path(path)
+        document_path = path / "bundle.json"
+        if not document_path.is_file():
+            raise DataError(f"{path} is not a headstart bundle (no bundle.json). Give the --out folder of a probe or finetune run.")
+        document = json.loads(document_path.read_text())
+        if document.get("format", 0) > BUNDLE_FORMAT:
+            raise DataError(f"{path} was written by a newer headstart (format {document['format']}); upgrade headstart.")
+        head = head_from_state(load_file(str(path / "head.safetensors")), document["head"])
+        bundle = cls(
+            spec=BackboneSpec.from_dict(document["backbone"]),
+            head=head,
+            classes=document["classes"],
+            layer=document.get("layer", "pooled"),
+            pool=document.get("pool", "avg"),
+            metrics=document.get("metrics", {}),
+            manifest=document.get("manifest", {}),
+            finetuned=bool(document.get("finetuned_backbone_sha256")),
+        )
+        bundle.path = path
+        bundle._finetuned_sha = document.get("finetuned_backbone_sha256")
+        return bundle
+
+    @property
+    def backbone(self) -> Backbone:
+        """The backbone, loaded (and checked against the recorded sha256) on first use."""
+        if self._backbone is None:
+            self._backbone = self._load_backbone()
+        return self._backbone
+
+    def _load_backbone(self) -> Backbone:
+        recorded = self.spec
+        name = recorded.name
+        backbone = load_backbone(name)
+        if backbone.spec.sha256 != recorded.sha256:
+            raise WeightsMismatchError(
+                f"The bundle {self.path} was trained on {name} with weights sha256 {recorded.sha256}, "
+                f"but the weights found now have sha256 {backbone.spec.sha256}. Install the original weights, "
+                "or retrain the head on these."
+            )
+        if self.finetuned:
+            from safetensors.torch import load_file
+
+            weights = self.path / "backbone.safetensors"
+            actual = sha256_file(weights)
+            if actual != self._finetuned_sha:
+                raise WeightsMismatchError(f"{weights} has sha256 {actual}, not the recorded {self._finetuned_sha}; the bundle is damaged.")
+            backbone.model.load_state_dict(load_file(str(weights)))
+        backbone.spec = dataclasses.replace(backbone.spec, input_size=recorded.input_size)
+        return backbone.eval()
+
+    # ----- prediction -------------------------------------------------------------------------
+
+    def features(self, inputs: list) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+        """Features of the inputs that decode, their positions, and the failures with reasons."""
+        from headstart.data.transforms import to_tensor_batch
+
+        backbone = self.backbone
+        batch, ok, failed = to_tensor_batch(list(inputs), backbone.spec)
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, len(batch), 64):
+                chunk = batch[start : start + 64].contiguous(memory_format=torch.channels_last)
+                rows.append(backbone.features(chunk, self.layer, self.pool).float().numpy())
+        width = self.head.n_features_in_
+        X = np.concatenate(rows) if rows else np.zeros((0, width), np.float32)
+        return X, ok, failed
+
+    def predict_proba(self, inputs: list) -> np.ndarray:
+        """Class probabilities (N, C) for image paths, PIL images or arrays.
+
+        Raises:
+            DataError: An input could not be read (the message names each one).
+        """
+        X, ok, failed = self.features(inputs)
+        if failed:
+            details = "; ".join(f"{_describe(inputs[i])}: {reason}" for i, reason in failed)
+            raise DataError(f"{len(failed)} input(s) could not be read: {details}")
+        return self.head.predict_proba(X)
+
+    def predict(self, inputs: list) -> list[str]:
+        """Predicted class names for the inputs."""
+        proba = self.predict_proba(inputs)
+        names = self.column_names()
+        return [names[i] for i in np.argmax(proba, axis=1)]
+
+    def column_names(self) -> list[str]:
+        """Class names of the head's probability columns (classes absent from training have none)."""
+        return [self.classes[int(c)] for c in self.head.classes_]
+
+    def predict_batch(self, inputs: list, top_k: int = 3) -> list[Prediction]:
+        """Per-input predictions; an input that fails gets its error, and the others still predict."""
+        X, ok, failed = self.features(inputs)
+        results: list[Prediction | None] = [None] * len(inputs)
+        if len(X):
+            proba = self.head.predict_proba(X)
+            names = self.column_names()
+            k = max(1, min(top_k, proba.shape[1]))
+            for row, position in enumerate(ok):
+                order = np.argsort(-proba[row])[:k]
+                ranked = [(names[i], float(proba[row, i])) for i in order]
+                results[position] = Prediction(_describe(inputs[position]), ranked[0][0], ranked)
+        for position, reason in failed:
+            results[position] = Prediction(_describe(inputs[position]), None, [], reason)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    if isinstance(item, np.ndarray):
+        return f"array{tuple(item.shape)}"
+    return type(item).__name__
+
+
+__all__ = ["Bundle", "HeadstartError", "Prediction", "package_versions"]

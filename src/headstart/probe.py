@@ -1,0 +1,209 @@
+"""Probe: extract features through the store, fit heads on them, evaluate, and save bundles.
+
+This is step 3 of transfer learning as one call: ``probe(data, backbones, heads)``. Several
+backbones and heads give one comparison; every (backbone, head) pair is saved as a bundle.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.bundle import Bundle
+from headstart.data.dataset import Dataset
+from headstart.errors import DataError
+from headstart.evaluate import EvalResult, evaluate
+from headstart.features import FeatureStore, Features, extract
+from headstart.features.store import atomic_write_bytes, atomic_write_json
+from headstart.heads import make_head
+
+
+@dataclass
+class ProbeRun:
+    """One (backbone, head) result on the test split."""
+
+    backbone: str
+    head: str
+    image_size: int
+    layer: str
+    pool: str
+    test: EvalResult
+    extract_seconds: float
+    fit_seconds: float
+    store_hit: bool
+    store_key: str
+    bundle: Bundle = field(repr=False)
+    bundle_path: Path | None = None
+
+    def row(self) -> dict[str, Any]:
+        """A flat summary for tables and CSV logs."""
+        return {
+            "backbone": self.backbone,
+            "head": self.head,
+            "image_size": self.image_size,
+            "layer": self.layer,
+            "test/accuracy": round(self.test.accuracy, 4),
+            "test/balanced_accuracy": round(self.test.balanced_accuracy, 4) if self.test.balanced_accuracy is not None else None,
+            "test/macro_f1": round(self.test.macro_f1, 4),
+            "test/ece": round(self.test.ece, 4),
+            "extract_s": round(self.extract_seconds, 2),
+            "fit_s": round(self.fit_seconds, 2),
+            "store_hit": self.store_hit,
+            "bundle": str(self.bundle_path) if self.bundle_path else None,
+        }
+
+
+@dataclass
+class ProbeReport:
+    """All runs of one probe call, with the dataset summary."""
+
+    runs: list[ProbeRun]
+    dataset: dict[str, Any]
+    out: Path | None = None
+
+    @property
+    def best(self) -> ProbeRun:
+        """The run with the highest test accuracy (ties: the first)."""
+        return max(self.runs, key=lambda run: run.test.accuracy)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "runs": [{**run.row(), "metrics": run.test.to_dict()} for run in self.runs],
+            "best": self.best.row(),
+            "out": str(self.out) if self.out else None,
+        }
+
+
+def slug(text: str) -> str:
+    """A filesystem-safe name for a backbone or run."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def fit_and_evaluate(features: Features, head_name: str, seed: int, head_params: dict[str, Any] | None = None) -> tuple[Any, EvalResult, float]:
+    """Fit a head on the train (and val) rows of ``features`` and evaluate it on the test rows."""
+    X_train, y_train = features.get("train")
+    X_val, y_val = features.get("val")
+    if len(X_val):
+        X_train = np.concatenate([X_train, X_val])
+        y_train = np.concatenate([y_train, y_val])
+    X_test, y_test = features.get("test")
+    if len(X_train) == 0:
+        raise DataError("The training split is empty after skipping unreadable items; nothing to fit.")
+    if len(X_test) == 0:
+        raise DataError("The test split is empty; give a test/ folder or a larger dataset.")
+    params = {"random_state": seed, **(head_params or {})}
+    head = make_head(head_name, **params)
+    started = time.perf_counter()
+    head.fit(X_train, y_train)
+    fit_seconds = time.perf_counter() - started
+    names = np.array(features.classes, dtype=object)
+    column_names = [features.classes[int(c)] for c in head.classes_]
+    result = evaluate(names[y_test], head.predict_proba(X_test), column_names, split="test")
+    return head, result, fit_seconds
+
+
+def probe(
+    data: Dataset,
+    backbones: list[str],
+    heads: list[str] | tuple[str, ...] = ("linear",),
+    *,
+    layer: str | None = None,
+    pool: str = "avg",
+    image_size: int | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    store: FeatureStore | None = None,
+    quiet: bool = False,
+    head_params: dict[str, dict[str, Any]] | None = None,
+) -> ProbeReport:
+    """Extract, fit every head on every backbone's features, evaluate on test, save bundles.
+
+    Args:
+        data: A dataset with train and test splits (see :func:`headstart.load_data`).
+        backbones: Backbone names; each is extracted through the store (or read back).
+        heads: Head names: ``linear``, ``knn``, ``mlp``.
+        layer: Layer to probe (default: the pooled penultimate layer).
+        pool: Pooling for intermediate layers.
+        image_size: Input size override.
+        seed: Seed for the heads.
+        out: Run directory. Bundles go to ``out/bundles/<backbone>-<head>``, the best one also to
+            ``out/bundle``; ``metrics.json``, ``manifest.json`` and ``results.csv`` beside them.
+        store: Feature store (default: ``$HEADSTART_CACHE``).
+        quiet: No progress bars.
+        head_params: Per-head constructor arguments, e.g. ``{"mlp": {"max_epochs": 50}}``.
+
+    Returns:
+        A :class:`ProbeReport`.
+    """
+    from headstart.backbones import load_backbone
+
+    if not backbones:
+        raise DataError("Name at least one backbone, e.g. --backbone tv:mobilenet_v2.IMAGENET1K_V1.")
+    store = store or FeatureStore()
+    runs: list[ProbeRun] = []
+    for name in backbones:
+        backbone = load_backbone(name)
+        features = extract(backbone, data, layer=layer, pool=pool, image_size=image_size, store=store, quiet=quiet)
+        for head_name in heads:
+            head, result, fit_seconds = fit_and_evaluate(features, head_name, seed, (head_params or {}).get(head_name))
+            bundle = Bundle(
+                spec=features.spec,
+                head=head,
+                classes=features.classes,
+                layer=features.layer,
+                pool=features.pool,
+                metrics=result.to_dict(),
+                manifest={"seed": seed, "data_fingerprint": features.fingerprint, "store_key": features.key, "data_source": data.source},
+                backbone=backbone,
+            )
+            runs.append(
+                ProbeRun(
+                    backbone=features.spec.name, head=head_name, image_size=features.spec.input_size, layer=features.layer,
+                    pool=features.pool, test=result, extract_seconds=features.seconds, fit_seconds=fit_seconds,
+                    store_hit=features.hit, store_key=features.key, bundle=bundle,
+                )
+            )
+    report = ProbeReport(runs=runs, dataset=data.summary())
+    if out is not None:
+        write_run(report, Path(out))
+    return report
+
+
+def write_run(report: ProbeReport, out: Path) -> None:
+    """Save every bundle, the best one as ``out/bundle``, and the run's metrics, manifest and CSV."""
+    import csv
+    import io
+    import sys
+
+    from headstart.bundle import package_versions
+
+    out.mkdir(parents=True, exist_ok=True)
+    for run in report.runs:
+        run.bundle_path = run.bundle.save(out / "bundles" / slug(f"{run.backbone}-{run.layer}-{run.head}"))
+    report.best.bundle.save(out / "bundle")
+    report.out = out
+    atomic_write_json(out / "metrics.json", report.to_dict())
+    atomic_write_json(
+        out / "manifest.json",
+        {
+            "command": sys.argv,
+            "versions": package_versions(),
+            "runs": [
+                {"backbone": r.backbone, "head": r.head, "weights_sha256": r.bundle.spec.sha256, "store_key": r.store_key,
+                 "data_fingerprint": r.bundle.manifest["data_fingerprint"], "extract_s": r.extract_seconds, "fit_s": r.fit_seconds}
+                for r in report.runs
+            ],
+        },
+    )
+    rows = [run.row() for run in report.runs]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "results.csv", buffer.getvalue().encode())
