@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -120,6 +121,105 @@ def extract_cmd(
             err_console.print(f"skipped {item}: {reason}")
         if len(features.skipped) > 20:
             err_console.print(f"... and {len(features.skipped) - 20} more (see --json)")
+
+
+@app.command("probe")
+def probe_cmd(
+    data: Annotated[str, typer.Argument(help="Image folder, .csv/.jsonl manifest, .npz, or builtin:NAME.")],
+    backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="Backbone name; repeat to compare several.")],
+    head: Annotated[list[str], typer.Option("--head", help="linear, knn or mlp; repeat to compare several.")] = ["linear"],  # noqa: B006
+    layer: Annotated[Optional[str], typer.Option("--layer", help="Layer to probe (default: pooled penultimate).")] = None,
+    pool: Annotated[str, typer.Option("--pool", help="avg, max, avgmax, token or none.")] = "avg",
+    per_class: PerClass = None,
+    image_size: ImageSize = None,
+    seed: Seed = 0,
+    out: Out = None,
+    cache_dir: CacheDir = None,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Extract (or reuse) features, fit heads, evaluate on the test split, and write bundles."""
+    from headstart.data import load_data
+    from headstart.demo import print_probe_table
+    from headstart.probe import probe
+
+    dataset = load_data(data, per_class=per_class, seed=seed)
+    out = out or Path("runs") / f"probe-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = probe(
+        dataset, backbone, head, layer=layer, pool=pool, image_size=image_size, seed=seed, out=out,
+        store=_store(cache_dir), quiet=quiet or json_out,
+    )
+    if json_out:
+        _print_json(report.to_dict())
+        return
+    print_probe_table(report.runs, title=f"{data}: test accuracy")
+    from headstart.console import console
+
+    best = report.best
+    console.print(f"best: {best.backbone} + {best.head} ({best.test.accuracy:.3f}); bundle: {out / 'bundle'}")
+
+
+@app.command("predict")
+def predict_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder written by probe or finetune.")],
+    inputs: Annotated[list[str], typer.Argument(help="Image files or folders of images.")],
+    top_k: Annotated[int, typer.Option("--top-k", help="Probabilities to show per input.")] = 3,
+    json_out: Json = False,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
+) -> None:
+    """Predict labels with a saved bundle; unreadable inputs are reported and skipped."""
+    from headstart.bundle import Bundle
+    from headstart.data.sources import IMAGE_EXTENSIONS
+
+    model = Bundle.load(bundle)
+    paths: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            paths.append(item)
+    if not paths:
+        raise HeadstartError(f"No images found in {', '.join(inputs)}. Give image files or folders that hold images.")
+    results = model.predict_batch(paths, top_k=top_k)
+    if json_out:
+        _print_json([r.to_dict() for r in results])
+    elif csv_out:
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["input", "label", "p", "top_k", "error"])
+        for r in results:
+            top = ";".join(f"{label}:{p:.4f}" for label, p in r.top_k)
+            writer.writerow([r.input, r.label or "", f"{r.top_k[0][1]:.4f}" if r.top_k else "", top, r.error or ""])
+    else:
+        _table(f"predictions ({bundle})", ["input", "label", "top-k", "error"], [
+            [r.input, r.label, ", ".join(f"{label} {p:.2f}" for label, p in r.top_k), r.error] for r in results
+        ])
+    failed = [r for r in results if r.error]
+    if failed:
+        from headstart.console import err_console
+
+        err_console.print(f"{len(failed)} of {len(results)} input(s) could not be read; the others were predicted.")
+        if len(failed) == len(results):
+            raise typer.Exit(2)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Out = None,
+    per_class: Annotated[int, typer.Option("--per-class", help="Training images per class.")] = 100,
+    image_size: Annotated[int, typer.Option("--image-size", help="Input size in pixels.")] = 112,
+    seed: Seed = 0,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Offline end-to-end demo on built-in Animal-MNIST: extract, probe, compare, save, predict."""
+    from headstart.demo import run_demo
+
+    result = run_demo(out=out or Path("runs/demo"), per_class=per_class, image_size=image_size, seed=seed, quiet=quiet or json_out)
+    if json_out:
+        _print_json(result)
 
 
 @cache_app.command("ls")
