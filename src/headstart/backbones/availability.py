@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import torch
@@ -33,24 +32,9 @@ def is_offline(name: str) -> bool:
 
 
 def _in_hf_cache(body: str) -> bool:
-    import timm
+    from headstart.backbones.timm_adapter import _cached_file, pretrained_cfg
 
-    try:
-        cfg = timm.models.get_pretrained_cfg(body)
-    except Exception:  # unknown tags raise different errors across timm versions
-        return False
-    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if not hub_id:
-        return False
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        path = try_to_load_from_cache(hub_id, filename)
-        if isinstance(path, str) and os.path.isfile(path):
-            return True
-    return False
+    return _cached_file(pretrained_cfg(body)) is not None
 
 
 @functools.lru_cache(maxsize=4096)

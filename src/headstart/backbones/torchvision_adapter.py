@@ -164,8 +164,11 @@ def wrap_model(
     """Split off a torchvision model's classifier and describe it in a spec."""
     stages = stages_of(model)
     model, head, head_name = split_off_classifier(model)
+    if head is None and isinstance(getattr(model, "classifier", None), nn.Module):
+        # A convolutional classifier (squeezenet) works on feature maps: pool the maps instead.
+        model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     model.eval()
-    feature_dim = head.in_features if isinstance(head, nn.Linear) else 0
+    feature_dim = head.in_features if isinstance(head, nn.Linear) else _probe_width(model, preprocessing.get("input_size", 224))
     spec = BackboneSpec(
         name=name,
         source=source,
@@ -180,3 +183,10 @@ def wrap_model(
         **preprocessing,
     )
     return Backbone(model, spec, head)
+
+
+def _probe_width(model: nn.Module, size: int) -> int:
+    """Output width of ``model`` on one blank image (for heads that are not a Linear)."""
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, size, size))
+    return int(out.flatten(1).shape[1])
