@@ -25,7 +25,21 @@ _LAZY = {
     "HeadstartError": "headstart.errors",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = [
+    "BackboneSpec",
+    "Bundle",
+    "FeatureStore",
+    "HeadstartError",
+    "KNNProbe",
+    "LinearProbe",
+    "MLPHead",
+    "__version__",
+    "evaluate",
+    "extract",
+    "list_backbones",
+    "load_backbone",
+    "load_data",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from headstart.backbones import BackboneSpec, list_backbones, load_backbone

@@ -7,7 +7,6 @@ to resume.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,18 @@ from typing import Annotated, Optional
 
 import typer
 
+from headstart.commands.common import (
+    CacheDir,
+    ImageSize,
+    Json,
+    Out,
+    PerClass,
+    Quiet,
+    Seed,
+    print_json,
+    store_from,
+    table,
+)
 from headstart.errors import HeadstartError
 
 app = typer.Typer(
@@ -27,38 +38,13 @@ app = typer.Typer(
 cache_app = typer.Typer(help="Manage the on-disk feature store.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
-# Options shared by every command that reads data: same names, same meaning.
-PerClass = Annotated[Optional[int], typer.Option("--per-class", help="Keep at most N training examples per class.")]
-ImageSize = Annotated[Optional[int], typer.Option("--image-size", help="Input size in pixels (overrides the backbone's).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed for splits, subsamples and training.")]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (messages go to stderr).")]
-Out = Annotated[Optional[Path], typer.Option("--out", help="Output directory (run directory or bundle).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Feature store folder (default: $HEADSTART_CACHE or ~/.cache/headstart).")]
-
-
-def _print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _store(cache_dir: Path | None):
-    from headstart.features import FeatureStore
-
-    return FeatureStore(cache_dir)
-
-
-def _table(title: str, columns: list[str], rows: list[list]) -> None:
-    from rich.table import Table
-
-    from headstart.console import console
-
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
-    console.print(table)
-
+# Feature areas add their commands from their own module: each defines register(app).
+COMMAND_MODULES = (
+    "headstart.commands.rank",
+    "headstart.commands.finetune",
+    "headstart.commands.tasks",
+    "headstart.commands.report",
+)
 
 @app.command()
 def backbones(
@@ -70,9 +56,9 @@ def backbones(
 
     rows = list_backbones(pattern)
     if json_out:
-        _print_json([row.to_dict() for row in rows])
+        print_json([row.to_dict() for row in rows])
         return
-    _table(
+    table(
         f"backbones matching {pattern!r}" if pattern else "backbones available offline",
         ["name", "source", "offline", "params", "feature dim"],
         [[r.name, r.source, "yes" if r.offline else "no", f"{r.params / 1e6:.1f}M" if r.params else None, r.feature_dim] for r in rows],
@@ -106,14 +92,14 @@ def extract_cmd(
     dataset = load_data(data, per_class=per_class, seed=seed)
     features = extract(
         backbone, dataset, layer=layer, pool=pool, image_size=image_size, batch_size=batch_size,
-        num_workers=workers, device=device, store=_store(cache_dir), quiet=quiet or json_out,
+        num_workers=workers, device=device, store=store_from(cache_dir), quiet=quiet or json_out,
     )
     summary = features.summary()
     summary["skipped_items"] = [{"item": item, "reason": reason} for item, reason in features.skipped]
     if json_out:
-        _print_json(summary)
+        print_json(summary)
         return
-    _table("features", ["field", "value"], [[k, v] for k, v in summary.items() if k != "skipped_items"])
+    table("features", ["field", "value"], [[k, v] for k, v in summary.items() if k != "skipped_items"])
     if features.skipped:
         from headstart.console import err_console
 
@@ -147,10 +133,10 @@ def probe_cmd(
     out = out or Path("runs") / f"probe-{time.strftime('%Y%m%d-%H%M%S')}"
     report = probe(
         dataset, backbone, head, layer=layer, pool=pool, image_size=image_size, seed=seed, out=out,
-        store=_store(cache_dir), quiet=quiet or json_out,
+        store=store_from(cache_dir), quiet=quiet or json_out,
     )
     if json_out:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
         return
     print_probe_table(report.runs, title=f"{data}: test accuracy")
     from headstart.console import console
@@ -183,7 +169,7 @@ def predict_cmd(
         raise HeadstartError(f"No images found in {', '.join(inputs)}. Give image files or folders that hold images.")
     results = model.predict_batch(paths, top_k=top_k)
     if json_out:
-        _print_json([r.to_dict() for r in results])
+        print_json([r.to_dict() for r in results])
     elif csv_out:
         import csv
 
@@ -193,7 +179,7 @@ def predict_cmd(
             top = ";".join(f"{label}:{p:.4f}" for label, p in r.top_k)
             writer.writerow([r.input, r.label or "", f"{r.top_k[0][1]:.4f}" if r.top_k else "", top, r.error or ""])
     else:
-        _table(f"predictions ({bundle})", ["input", "label", "top-k", "error"], [
+        table(f"predictions ({bundle})", ["input", "label", "top-k", "error"], [
             [r.input, r.label, ", ".join(f"{label} {p:.2f}" for label, p in r.top_k), r.error] for r in results
         ])
     failed = [r for r in results if r.error]
@@ -219,17 +205,17 @@ def demo_cmd(
 
     result = run_demo(out=out or Path("runs/demo"), per_class=per_class, image_size=image_size, seed=seed, quiet=quiet or json_out)
     if json_out:
-        _print_json(result)
+        print_json(result)
 
 
 @cache_app.command("ls")
 def cache_ls(cache_dir: CacheDir = None, json_out: Json = False) -> None:
     """List committed store entries."""
-    entries = [e.to_dict() for e in _store(cache_dir).ls()]
+    entries = [e.to_dict() for e in store_from(cache_dir).ls()]
     if json_out:
-        _print_json(entries)
+        print_json(entries)
         return
-    _table("feature store", ["key", "backbone", "layer", "pool", "shape", "MB"], [
+    table("feature store", ["key", "backbone", "layer", "pool", "shape", "MB"], [
         [e["key"][:16], e["backbone"], e["layer"], e["pool"], "x".join(map(str, e["shape"] or [])), f"{e['bytes'] / 1e6:.1f}"] for e in entries
     ])
 
@@ -237,10 +223,10 @@ def cache_ls(cache_dir: CacheDir = None, json_out: Json = False) -> None:
 @cache_app.command("du")
 def cache_du(cache_dir: CacheDir = None, json_out: Json = False) -> None:
     """Print the store's size on disk."""
-    store = _store(cache_dir)
+    store = store_from(cache_dir)
     size = store.du()
     if json_out:
-        _print_json({"path": str(store.root), "bytes": size})
+        print_json({"path": str(store.root), "bytes": size})
     else:
         typer.echo(f"{size / 1e6:.1f} MB in {store.root}")
 
@@ -255,11 +241,23 @@ def cache_rm(
     """Remove store entries by key prefix, or all of them."""
     if not key and not all_entries:
         raise HeadstartError("Name a key (or key prefix) to remove, or pass --all. See: headstart cache ls.")
-    removed = _store(cache_dir).rm(key, everything=all_entries)
+    removed = store_from(cache_dir).rm(key, everything=all_entries)
     if json_out:
-        _print_json({"removed": removed})
+        print_json({"removed": removed})
     else:
         typer.echo(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}")
+
+
+def _register_commands() -> None:
+    import importlib
+    import importlib.util
+
+    for module_name in COMMAND_MODULES:
+        if importlib.util.find_spec(module_name) is not None:
+            importlib.import_module(module_name).register(app)
+
+
+_register_commands()
 
 
 def main() -> None:

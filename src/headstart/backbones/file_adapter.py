@@ -20,7 +20,6 @@ import zipfile
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from headstart.backbones.module import Backbone
 from headstart.backbones.packaged import sha256_file

@@ -1,0 +1,47 @@
+"""Options and helpers shared by every command module (same names, same meaning everywhere)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+# Options shared by every command that reads data: same names, same meaning.
+PerClass = Annotated[Optional[int], typer.Option("--per-class", help="Keep at most N training examples per class.")]
+ImageSize = Annotated[Optional[int], typer.Option("--image-size", help="Input size in pixels (overrides the backbone's).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for splits, subsamples and training.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (messages go to stderr).")]
+Out = Annotated[Optional[Path], typer.Option("--out", help="Output directory (run directory or bundle).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Feature store folder (default: $HEADSTART_CACHE or ~/.cache/headstart).")]
+
+
+def print_json(data) -> None:
+    """Print JSON on stdout (and nothing else there)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def store_from(cache_dir: Path | None):
+    """The feature store at ``cache_dir`` (or the default one)."""
+    from headstart.features import FeatureStore
+
+    return FeatureStore(cache_dir)
+
+
+def table(title: str, columns: list[str], rows: list[list]) -> None:
+    """Print a rich table on stdout."""
+    from rich.table import Table
+
+    from headstart.console import console
+
+    output = Table(title=title)
+    for column in columns:
+        output.add_column(column)
+    for row in rows:
+        output.add_row(*["" if v is None else str(v) for v in row])
+    console.print(output)
+
+
