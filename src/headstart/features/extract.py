@@ -138,6 +138,31 @@ def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1)))
 
 
+def _batches(backbone: Backbone, dataset: Dataset, rows: np.ndarray, spec: BackboneSpec, batch_size: int, num_workers: int | None) -> Iterator[tuple[Any, np.ndarray, list[str]]]:
+    """Yield ``(inputs, rows, reasons)``: model inputs for the rows, and a failure reason per row ("" if fine).
+
+    A backbone that is not an image model supplies its own batching through ``model.make_batches``
+    (text encoders tokenise, sort by length and pad per batch there).
+    """
+    make_batches = getattr(backbone.model, "make_batches", None)
+    if make_batches is not None:
+        yield from make_batches(dataset, rows, batch_size)
+        return
+    yield from _image_batches(dataset, rows, spec, batch_size, num_workers)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move a tensor, or a dict of tensors, to ``device``; 4-D image batches go channels_last."""
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if not isinstance(batch, torch.Tensor):
+        return batch
+    batch = batch.to(device, non_blocking=True)
+    if batch.dim() == 4 and batch.is_floating_point():
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
 def _image_batches(dataset: Dataset, rows: np.ndarray, spec: BackboneSpec, batch_size: int, num_workers: int | None) -> Iterator[tuple[torch.Tensor, np.ndarray, list[str]]]:
     if dataset.in_memory:
         for start in range(0, len(rows), batch_size):
@@ -279,10 +304,8 @@ def _run_shards(backbone, spec, data, key, store, pending, n, shard_size, layer,
         tick = time.perf_counter()
         done_rows = 0
         with torch.inference_mode():
-            for batch, batch_rows, reasons in _image_batches(data, rows, spec, batch_size, num_workers):
-                batch = batch.to(dev, non_blocking=True)
-                if batch.dim() == 4:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
+            for batch, batch_rows, reasons in _batches(backbone, data, rows, spec, batch_size, num_workers):
+                batch = to_device(batch, dev)
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_cuda):
                     out = backbone.features(batch, layer, pool)
                 out = out.float().cpu().numpy()
