@@ -261,11 +261,16 @@ def extract(
     store.check_writable()
     n = len(data)
     n_shards = max(1, -(-n // shard_size))
-    done = store.done_shards(key, n_shards)
-    pending = [i for i in range(n_shards) if i not in done]
-    dim = _run_shards(backbone, spec, data, key, store, pending, n, shard_size, layer_name, pool, batch_size, num_workers, device, quiet)
-    if dim is None:  # every shard was already on disk
-        dim = store.read_shard(key, 0)[1].shape[1]
+    rank, world = rank_and_world()
+    done = store.done_shards(key, n, shard_size)
+    pending = [i for i in range(n_shards) if i not in done and i % world == rank]
+    _run_shards(backbone, spec, data, key, store, pending, n, shard_size, layer_name, pool, batch_size, num_workers, device, quiet)
+    if rank != 0:
+        # Rank 0 commits the entry once every rank's shards exist; the others wait for it.
+        stored = _wait_for(lambda: store.load(key), f"rank 0 to commit store entry {key[:12]}")
+        return finish(*stored, hit=False)
+    _wait_for(lambda: len(store.done_shards(key, n, shard_size)) == n_shards or None, f"all {n_shards} shards of {key[:12]}")
+    dim = store.read_shard(key, 0)[1].shape[1]
     meta = {
         "parts": {
             "backbone": spec.name,
@@ -285,6 +290,33 @@ def extract(
     stored = store.load(key)
     assert stored is not None, "a just-committed entry must load"
     return finish(*stored, hit=False)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (``torch.distributed``, or RANK/WORLD_SIZE)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _wait_for(check, what: str):
+    """Poll ``check()`` until it returns something truthy; give up after a stall of HEADSTART_WAIT_S seconds."""
+    from headstart.errors import CacheError
+
+    timeout = float(os.environ.get("HEADSTART_WAIT_S", "3600"))
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise CacheError(
+                f"Waited {timeout:.0f} s for {what}; another process may have died. Run the same extraction again: "
+                "completed shards are kept and only the missing ones are computed."
+            )
+        time.sleep(0.2)
 
 
 def _run_shards(backbone, spec, data, key, store, pending, n, shard_size, layer, pool, batch_size, num_workers, device, quiet) -> int | None:

@@ -11,6 +11,10 @@ Every file is written to a temporary name, flushed to disk and renamed, so a cra
 leaves either a whole file or none. A shard counts as done only when its ``.json`` exists and the
 shard's bytes hash to the recorded sha256; anything else is recomputed. An entry without
 ``meta.json`` is never served.
+
+The root may be a local folder (also on a shared filesystem) or an fsspec URL such as
+``s3://bucket/headstart`` or ``memory://store``; object stores write each object whole, so the
+same rules hold there.
 """
 
 from __future__ import annotations
@@ -63,12 +67,117 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
 
 
+class _LocalFiles:
+    """File operations on a local (or network-mounted) folder."""
+
+    remote = False
+
+    def join(self, *parts: str | Path) -> Path:
+        return Path(*parts)
+
+    def write_atomic(self, path: Path, data: bytes) -> None:
+        atomic_write_bytes(Path(path), data)
+
+    def read(self, path: Path) -> bytes:
+        return Path(path).read_bytes()
+
+    def exists(self, path: Path) -> bool:
+        return Path(path).exists()
+
+    def subdirs(self, path: Path) -> list[str]:
+        path = Path(path)
+        return [p.name for p in path.iterdir() if p.is_dir()] if path.is_dir() else []
+
+    def files(self, path: Path) -> list[tuple[str, int]]:
+        path = Path(path)
+        return [(p.name, p.stat().st_size) for p in path.iterdir() if p.is_file()] if path.is_dir() else []
+
+    def tree_size(self, path: Path) -> int:
+        path = Path(path)
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
+
+    def unlink(self, path: Path) -> None:
+        Path(path).unlink(missing_ok=True)
+
+    def rmtree(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def check_writable(self, path: Path) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
+        probe.close()
+
+
+class _FsspecFiles:
+    """File operations on an fsspec filesystem (``s3://``, ``gs://``, ``memory://``, ...)."""
+
+    remote = True
+
+    def __init__(self, url: str) -> None:
+        from headstart.errors import require
+
+        fsspec = require("fsspec", "remote")
+        self.fs, self.base = fsspec.core.url_to_fs(url)
+        self.protocol = url.split("://", 1)[0]
+
+    def join(self, *parts: str) -> str:
+        return "/".join(str(p).rstrip("/") for p in parts)
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        # Object stores make a PUT visible whole or not at all; write to a temporary name first on
+        # filesystems that are not object stores, then move.
+        tmp = f"{path}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+        with self.fs.open(tmp, "wb") as handle:
+            handle.write(data)
+        self.fs.mv(tmp, path)
+
+    def read(self, path: str) -> bytes:
+        try:
+            with self.fs.open(path, "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise FileNotFoundError(path) from exc
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(path)
+
+    def subdirs(self, path: str) -> list[str]:
+        if not self.fs.exists(path):
+            return []
+        return [info["name"].rstrip("/").rsplit("/", 1)[-1] for info in self.fs.ls(path, detail=True) if info["type"] == "directory"]
+
+    def files(self, path: str) -> list[tuple[str, int]]:
+        if not self.fs.exists(path):
+            return []
+        return [(info["name"].rsplit("/", 1)[-1], int(info.get("size") or 0)) for info in self.fs.ls(path, detail=True) if info["type"] == "file"]
+
+    def tree_size(self, path: str) -> int:
+        return int(self.fs.du(path)) if self.fs.exists(path) else 0
+
+    def unlink(self, path: str) -> None:
+        if self.fs.exists(path):
+            self.fs.rm(path)
+
+    def rmtree(self, path: str) -> None:
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def check_writable(self, path: str) -> None:
+        probe = self.join(path, f".probe-{os.getpid()}")
+        self.fs.makedirs(path, exist_ok=True)
+        with self.fs.open(probe, "wb") as handle:
+            handle.write(b"ok")
+        self.fs.rm(probe)
+
+
 @dataclass
 class Entry:
     """One committed store entry, as listed by :meth:`FeatureStore.ls`."""
 
     key: str
-    path: Path
+    path: Path | str
     meta: dict[str, Any]
     bytes: int
 
@@ -90,28 +199,35 @@ class FeatureStore:
     """Feature arrays on disk, addressed by the content key of what produced them.
 
     Args:
-        root: Store folder; defaults to ``$HEADSTART_CACHE`` or ``~/.cache/headstart``.
+        root: Store folder or fsspec URL; defaults to ``$HEADSTART_CACHE`` or ``~/.cache/headstart``.
     """
 
     def __init__(self, root: str | Path | None = None) -> None:
-        self.root = Path(root).expanduser() if root is not None else default_root()
+        text = str(root) if root is not None else str(default_root())
+        if "://" in text and not text.startswith("file://"):
+            self._files: _LocalFiles | _FsspecFiles = _FsspecFiles(text)
+            self.root: Path | str = text.rstrip("/")
+        else:
+            self._files = _LocalFiles()
+            self.root = Path(text.removeprefix("file://")).expanduser()
 
     @property
-    def features_dir(self) -> Path:
-        return self.root / "features"
+    def features_dir(self) -> Path | str:
+        return self._files.join(self.root, "features")
 
-    def entry_dir(self, key: str) -> Path:
-        return self.features_dir / key
+    def entry_dir(self, key: str) -> Path | str:
+        return self._files.join(self.features_dir, key)
+
+    def _path(self, key: str, name: str) -> Path | str:
+        return self._files.join(self.entry_dir(key), name)
 
     def check_writable(self) -> None:
         """Raise a CacheError with the fix if the store folder cannot be written."""
         try:
-            self.features_dir.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=self.features_dir, prefix=".probe-", delete=True)
-            probe.close()
+            self._files.check_writable(self.features_dir)
         except OSError as exc:
             raise CacheError(
-                f"The feature store {self.root} is not writable ({exc.strerror or exc}). "
+                f"The feature store {self.root} is not writable ({getattr(exc, 'strerror', None) or exc}). "
                 "Set HEADSTART_CACHE to a writable folder, or pass --cache-dir."
             ) from None
 
@@ -125,9 +241,8 @@ class FeatureStore:
         """Commit one shard: the array file first, then its JSON record with the file's sha256."""
         from safetensors.numpy import save
 
-        folder = self.entry_dir(key)
         payload = save({"features": np.ascontiguousarray(features, dtype=np.float32), "valid": valid.astype(np.uint8)})
-        atomic_write_bytes(folder / f"{self.shard_name(index)}.safetensors", payload)
+        self._files.write_atomic(self._path(key, f"{self.shard_name(index)}.safetensors"), payload)
         record = {
             "index": index,
             "start": int(start),
@@ -135,18 +250,15 @@ class FeatureStore:
             "sha256": hashlib.sha256(payload).hexdigest(),
             "errors": [[int(i), reason] for i, reason in errors],
         }
-        atomic_write_json(folder / f"{self.shard_name(index)}.json", record)
+        self._files.write_atomic(self._path(key, f"{self.shard_name(index)}.json"), _json_bytes(record))
 
     def read_shard(self, key: str, index: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray] | None:
         """A shard's record, features and validity mask, or None if missing, torn or corrupt."""
         from safetensors.numpy import load
 
-        folder = self.entry_dir(key)
-        record_path = folder / f"{self.shard_name(index)}.json"
-        data_path = folder / f"{self.shard_name(index)}.safetensors"
         try:
-            record = json.loads(record_path.read_text())
-            payload = data_path.read_bytes()
+            record = json.loads(self._files.read(self._path(key, f"{self.shard_name(index)}.json")))
+            payload = self._files.read(self._path(key, f"{self.shard_name(index)}.safetensors"))
         except (OSError, json.JSONDecodeError):
             return None
         if hashlib.sha256(payload).hexdigest() != record.get("sha256"):
@@ -157,19 +269,27 @@ class FeatureStore:
             return None
         return record, arrays["features"], arrays["valid"].astype(bool)
 
-    def done_shards(self, key: str, n_shards: int) -> set[int]:
-        """Indices of the shards that are complete and intact."""
-        return {i for i in range(n_shards) if self.read_shard(key, i) is not None}
+    def done_shards(self, key: str, n_rows: int, shard_size: int) -> set[int]:
+        """Indices of the shards that are complete, intact, and cover the rows this layout expects."""
+        done = set()
+        for index in range(max(1, -(-n_rows // shard_size))):
+            shard = self.read_shard(key, index)
+            if shard is None:
+                continue
+            start = index * shard_size
+            if shard[0]["start"] == start and shard[0]["rows"] == min(n_rows, start + shard_size) - start:
+                done.add(index)
+        return done
 
     # ----- entries ----------------------------------------------------------------------------
 
     def commit(self, key: str, meta: dict[str, Any]) -> None:
         """Write the entry's commit record; after this the entry is served."""
-        atomic_write_json(self.entry_dir(key) / "meta.json", {**meta, "key": key, "created": time.time()})
+        self._files.write_atomic(self._path(key, "meta.json"), _json_bytes({**meta, "key": key, "created": time.time()}))
 
     def meta(self, key: str) -> dict[str, Any] | None:
         try:
-            return json.loads((self.entry_dir(key) / "meta.json").read_text())
+            return json.loads(self._files.read(self._path(key, "meta.json")))
         except (OSError, json.JSONDecodeError):
             return None
 
@@ -186,7 +306,7 @@ class FeatureStore:
         for index in range(meta["n_shards"]):
             shard = self.read_shard(key, index)
             if shard is None:
-                (self.entry_dir(key) / "meta.json").unlink(missing_ok=True)
+                self._files.unlink(self._path(key, "meta.json"))
                 return None
             record, features, valid = shard
             parts_x.append(features)
@@ -200,29 +320,27 @@ class FeatureStore:
     def ls(self) -> list[Entry]:
         """Committed entries, newest first."""
         entries = []
-        if not self.features_dir.is_dir():
-            return entries
-        for folder in self.features_dir.iterdir():
-            meta = self.meta(folder.name) if folder.is_dir() else None
+        for name in self._files.subdirs(self.features_dir):
+            meta = self.meta(name)
             if meta is None:
                 continue
-            size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
-            entries.append(Entry(folder.name, folder, meta, size))
+            size = sum(bytes_ for _, bytes_ in self._files.files(self.entry_dir(name)))
+            entries.append(Entry(name, self.entry_dir(name), meta, size))
         return sorted(entries, key=lambda e: e.meta.get("created", 0), reverse=True)
 
     def du(self) -> int:
         """Bytes used by the store, committed or not."""
-        if not self.features_dir.is_dir():
-            return 0
-        return sum(f.stat().st_size for f in self.features_dir.rglob("*") if f.is_file())
+        return self._files.tree_size(self.features_dir)
 
     def rm(self, key_prefix: str | None = None, everything: bool = False) -> list[str]:
         """Remove the entries whose key starts with ``key_prefix`` (or all with ``everything``)."""
-        if not self.features_dir.is_dir():
-            return []
         removed = []
-        for folder in self.features_dir.iterdir():
-            if folder.is_dir() and (everything or (key_prefix and folder.name.startswith(key_prefix))):
-                shutil.rmtree(folder)
-                removed.append(folder.name)
+        for name in self._files.subdirs(self.features_dir):
+            if everything or (key_prefix and name.startswith(key_prefix)):
+                self._files.rmtree(self.entry_dir(name))
+                removed.append(name)
         return removed
+
+
+def _json_bytes(data: Any) -> bytes:
+    return json.dumps(data, indent=2, sort_keys=True).encode()
