@@ -78,9 +78,11 @@ def extract_cmd(
     per_class: PerClass = None,
     image_size: ImageSize = None,
     seed: Seed = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Items per forward pass.")] = 64,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Items per forward pass (default: 64 on CPU, fit to free memory on GPU).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="DataLoader workers for image files.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, or auto.")] = None,
+    decode: Annotated[str, typer.Option("--decode", help="auto, pil or tensor (nvJPEG + batched resize on GPU).")] = "auto",
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the network (pays off on large jobs only).")] = False,
     cache_dir: CacheDir = None,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -92,7 +94,8 @@ def extract_cmd(
     dataset = load_data(data, per_class=per_class, seed=seed)
     features = extract(
         backbone, dataset, layer=layer, pool=pool, image_size=image_size, batch_size=batch_size,
-        num_workers=workers, device=device, store=store_from(cache_dir), quiet=quiet or json_out,
+        num_workers=workers, device=device, decode=decode, compile=compile_model, store=store_from(cache_dir),
+        quiet=quiet or json_out,
     )
     summary = features.summary()
     summary["skipped_items"] = [{"item": item, "reason": reason} for item, reason in features.skipped]

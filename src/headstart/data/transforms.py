@@ -81,10 +81,14 @@ def preprocess_array_batch(images: np.ndarray, spec: BackboneSpec) -> torch.Tens
         mode = "bicubic" if spec.interpolation == "bicubic" else "bilinear"
         batch = F.interpolate(batch, size=new_size, mode=mode, align_corners=False, antialias=True)
         batch = batch.clamp_(0, 255)
-    top = (batch.shape[-2] - spec.input_size) // 2
-    left = (batch.shape[-1] - spec.input_size) // 2
-    batch = batch[..., top : top + spec.input_size, left : left + spec.input_size]
-    return normalize_uint8(batch, spec)
+    return normalize_uint8(center_crop(batch, spec.input_size), spec)
+
+
+def center_crop(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre-crop the last two dims to ``size``, with the same offsets as torchvision's center_crop."""
+    top = int(round((batch.shape[-2] - size) / 2.0))
+    left = int(round((batch.shape[-1] - size) / 2.0))
+    return batch[..., top : top + size, left : left + size]
 
 
 def to_tensor_batch(inputs: list, spec: BackboneSpec) -> tuple[torch.Tensor, list[int], list[tuple[int, str]]]:

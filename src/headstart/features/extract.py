@@ -93,18 +93,24 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def store_key(spec: BackboneSpec, layer: str, pool: str, fingerprint: str) -> str:
+def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil") -> dict[str, Any]:
+    """Everything that changes a feature set; its hash is the store key."""
+    parts = {
+        "backbone": spec.name,
+        "weights_sha256": spec.sha256,
+        "layer": layer,
+        "pool": pool,
+        "preprocessing": spec.preprocessing(),
+        "data": fingerprint,
+    }
+    if decode != "pil":
+        parts["decode"] = decode
+    return parts
+
+
+def store_key(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil") -> str:
     """The content key of a feature set."""
-    return make_key(
-        {
-            "backbone": spec.name,
-            "weights_sha256": spec.sha256,
-            "layer": layer,
-            "pool": pool,
-            "preprocessing": spec.preprocessing(),
-            "data": fingerprint,
-        }
-    )
+    return make_key(key_parts(spec, layer, pool, fingerprint, decode))
 
 
 class _FileImages(torch.utils.data.Dataset):
@@ -138,7 +144,10 @@ def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1)))
 
 
-def _batches(backbone: Backbone, dataset: Dataset, rows: np.ndarray, spec: BackboneSpec, batch_size: int, num_workers: int | None) -> Iterator[tuple[Any, np.ndarray, list[str]]]:
+def _batches(
+    backbone: Backbone, dataset: Dataset, rows: np.ndarray, spec: BackboneSpec, batch_size: int, num_workers: int | None,
+    decode: str = "pil", device: torch.device | None = None,
+) -> Iterator[tuple[Any, np.ndarray, list[str]]]:
     """Yield ``(inputs, rows, reasons)``: model inputs for the rows, and a failure reason per row ("" if fine).
 
     A backbone that is not an image model supplies its own batching through ``model.make_batches``
@@ -147,6 +156,12 @@ def _batches(backbone: Backbone, dataset: Dataset, rows: np.ndarray, spec: Backb
     make_batches = getattr(backbone.model, "make_batches", None)
     if make_batches is not None:
         yield from make_batches(dataset, rows, batch_size)
+        return
+    if decode == "tensor" and not dataset.in_memory:
+        from headstart.features.fastpath import tensor_batches
+
+        workers = default_workers() if num_workers is None else num_workers
+        yield from tensor_batches(list(dataset.items), rows, spec, batch_size, workers, device)
         return
     yield from _image_batches(dataset, rows, spec, batch_size, num_workers)
 
@@ -210,9 +225,11 @@ def extract(
     layer: str | None = None,
     pool: str = "avg",
     image_size: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int | None = None,
     device: str | None = None,
+    decode: str = "auto",
+    compile: bool = False,
     store: FeatureStore | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     quiet: bool = False,
@@ -225,9 +242,14 @@ def extract(
         layer: A layer from ``backbone.spec.layers``; None takes the pooled penultimate layer.
         pool: ``avg``, ``max``, ``avgmax``, ``token`` or ``none`` (for intermediate layers).
         image_size: Override the spec's input size (small images need not be upscaled to 224).
-        batch_size: Items per forward pass.
+        batch_size: Items per forward pass; None picks 64 on the CPU and, on a GPU, the largest
+            batch that fits the free memory (halved on out-of-memory without losing work).
         num_workers: DataLoader workers for image files; None picks one per core (up to 8).
         device: ``cpu``, ``cuda`` or None for automatic.
+        decode: ``pil`` (decode and resize per image in workers), ``tensor`` (workers read bytes;
+            decode with nvJPEG on a GPU and resize as batched tensor ops), or ``auto``: ``tensor``
+            on a GPU, ``pil`` on the CPU. The two differ slightly, so they have separate store keys.
+        compile: ``torch.compile`` the network first; worth it only for large jobs.
         store: The store; defaults to ``FeatureStore()`` (``$HEADSTART_CACHE``).
         shard_size: Rows per committed shard.
         quiet: No progress bar.
@@ -241,8 +263,13 @@ def extract(
     store = store or FeatureStore()
     spec = backbone.spec.with_input_size(image_size)
     layer_name = backbone.check_layer(layer)
+    if decode not in ("auto", "pil", "tensor"):
+        raise ValueError(f"decode={decode!r} is not one of auto, pil, tensor.")
+    decode_mode = decode if decode != "auto" else ("tensor" if pick_device(device).type == "cuda" else "pil")
+    if data.in_memory or spec.modality != "image":
+        decode_mode = "pil"  # arrays and text have no file decode step
     fingerprint = data.fingerprint()
-    key = store_key(spec, layer_name, pool, fingerprint)
+    key = store_key(spec, layer_name, pool, fingerprint, decode_mode)
     skipped_listing = list(data.skipped)
 
     def finish(meta, features, valid, errors, hit):
@@ -264,7 +291,8 @@ def extract(
     rank, world = rank_and_world()
     done = store.done_shards(key, n, shard_size)
     pending = [i for i in range(n_shards) if i not in done and i % world == rank]
-    _run_shards(backbone, spec, data, key, store, pending, n, shard_size, layer_name, pool, batch_size, num_workers, device, quiet)
+    options = _RunOptions(layer_name, pool, batch_size, num_workers, device, decode_mode, compile, quiet)
+    _run_shards(backbone, spec, data, key, store, pending, n, shard_size, options)
     if rank != 0:
         # Rank 0 commits the entry once every rank's shards exist; the others wait for it.
         stored = _wait_for(lambda: store.load(key), f"rank 0 to commit store entry {key[:12]}")
@@ -272,14 +300,7 @@ def extract(
     _wait_for(lambda: len(store.done_shards(key, n, shard_size)) == n_shards or None, f"all {n_shards} shards of {key[:12]}")
     dim = store.read_shard(key, 0)[1].shape[1]
     meta = {
-        "parts": {
-            "backbone": spec.name,
-            "weights_sha256": spec.sha256,
-            "layer": layer_name,
-            "pool": pool,
-            "preprocessing": spec.preprocessing(),
-            "data": fingerprint,
-        },
+        "parts": key_parts(spec, layer_name, pool, fingerprint, decode_mode),
         "spec": spec.to_dict(),
         "source": data.source,
         "shape": [n, int(dim)],
@@ -319,28 +340,82 @@ def _wait_for(check, what: str):
         time.sleep(0.2)
 
 
-def _run_shards(backbone, spec, data, key, store, pending, n, shard_size, layer, pool, batch_size, num_workers, device, quiet) -> int | None:
+@dataclass
+class _RunOptions:
+    layer: str
+    pool: str
+    batch_size: int | None
+    num_workers: int | None
+    device: str | None
+    decode: str
+    compile: bool
+    quiet: bool
+
+
+def auto_batch_size(backbone: Backbone, spec: BackboneSpec, device: torch.device, limit: int = 1024) -> int:
+    """A batch size that fits the free GPU memory, measured from one small forward pass."""
+    if device.type != "cuda":
+        return 64
+    probe = 16
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    x = torch.zeros(probe, 3, spec.input_size, spec.input_size, device=device).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        backbone(x)
+    per_item = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(8, min(limit, (free * 0.6) // per_item)))
+
+
+def _forward_with_backoff(backbone: Backbone, batch: Any, options: _RunOptions, device: torch.device, state: dict[str, int]) -> torch.Tensor:
+    """Run the model; on CUDA out-of-memory, halve the micro-batch and retry, losing nothing."""
+    micro = state["micro"]
+    size = len(batch["input_ids"]) if isinstance(batch, dict) else len(batch)
+    while True:
+        try:
+            outs = []
+            for start in range(0, size, micro):
+                part = {k: v[start : start + micro] for k, v in batch.items()} if isinstance(batch, dict) else batch[start : start + micro]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    outs.append(backbone.features(part, options.layer, options.pool).float())
+            state["micro"] = micro
+            return torch.cat(outs)
+        except torch.cuda.OutOfMemoryError:
+            if micro <= 1:
+                raise
+            torch.cuda.empty_cache()
+            micro = max(1, micro // 2)
+            from headstart.console import err_console
+
+            err_console.print(f"out of GPU memory; retrying with micro-batches of {micro}")
+
+
+def _run_shards(backbone, spec, data, key, store, pending, n, shard_size, options: _RunOptions) -> int | None:
     """Compute and commit the pending shards; return the feature width (None if nothing ran)."""
     if not pending:
         return None
-    dev = pick_device(device)
-    model = backbone.to(dev).eval()
-    use_cuda = dev.type == "cuda"
-    model = model.to(memory_format=torch.channels_last)  # faster for convolutions on CPU and GPU alike
+    dev = pick_device(options.device)
+    backbone = backbone.to(dev).eval()
+    backbone.to(memory_format=torch.channels_last)  # faster for convolutions on CPU and GPU alike
+    batch_size = options.batch_size or auto_batch_size(backbone, spec, dev)
+    runner = backbone
+    if options.compile:
+        runner = _compiled(backbone, options.quiet)
     rows = np.concatenate([np.arange(i * shard_size, min(n, (i + 1) * shard_size)) for i in pending])
     buffers: dict[int, dict[str, Any]] = {}
     dim = None
-    progress, description = _progress(len(rows), f"extract {spec.name}", quiet)
+    state = {"micro": batch_size}
+    progress, description = _progress(len(rows), f"extract {spec.name}", options.quiet)
     with progress:
         task = progress.add_task(description, total=len(rows), rate="")
         tick = time.perf_counter()
         done_rows = 0
         with torch.inference_mode():
-            for batch, batch_rows, reasons in _batches(backbone, data, rows, spec, batch_size, num_workers):
+            batches = _batches(backbone, data, rows, spec, batch_size, options.num_workers, options.decode, dev)
+            for batch, batch_rows, reasons in batches:
                 batch = to_device(batch, dev)
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_cuda):
-                    out = backbone.features(batch, layer, pool)
-                out = out.float().cpu().numpy()
+                out = _forward_with_backoff(runner, batch, options, dev, state).cpu().numpy()
                 dim = out.shape[1]
                 for position, row in enumerate(batch_rows):
                     shard = int(row) // shard_size
@@ -364,3 +439,13 @@ def _run_shards(backbone, spec, data, key, store, pending, n, shard_size, layer,
                 progress.update(task, advance=len(batch_rows), rate=f"{rate:.0f} items/s")
     assert not buffers, "every shard must be committed once all rows ran"
     return dim
+
+
+def _compiled(backbone: Backbone, quiet: bool) -> Backbone:
+    """``torch.compile`` the backbone's network; the compile itself happens on the first batch."""
+    backbone.model = torch.compile(backbone.model)
+    if not quiet:
+        from headstart.console import err_console
+
+        err_console.print("torch.compile: the first batch includes compilation; it pays off only on large jobs.")
+    return backbone
