@@ -168,6 +168,19 @@ def test_leep_closed_form_on_three_samples():
     assert leep(features, labels, source_logits=np.log(probabilities)) == pytest.approx(expected, rel=1e-12)
 
 
+def test_leep_matches_the_definition_written_as_loops():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, 40)
+    logits = rng.standard_normal((40, 4)) * 2
+    theta = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    joint = np.zeros((3, 4))
+    for i in range(40):
+        joint[labels[i]] += theta[i] / 40
+    conditional = joint / joint.sum(axis=0)
+    expected = np.mean([np.log(sum(conditional[labels[i], z] * theta[i, z] for z in range(4))) for i in range(40)])
+    assert leep(np.zeros((40, 2)), labels, source_logits=logits) == pytest.approx(expected, rel=1e-12)
+
+
 def test_leep_without_source_logits_is_undefined_not_zero():
     features, labels = clustered(30, 4, 3, 1.0)
     with pytest.raises(ScoreUndefined, match="source_logits") as caught:
@@ -196,6 +209,20 @@ def test_hscore_closed_form_in_one_dimension():
     features = np.array([[0.0], [2.0], [4.0], [6.0]])
     labels = np.array([0, 0, 1, 1])
     assert hscore(features, labels) == pytest.approx(16 / 20, rel=1e-12)
+
+
+def test_hscores_match_the_papers_formulas_written_with_dense_matrices():
+    from sklearn.covariance import LedoitWolf
+
+    features, labels = clustered(80, 6, 3, 0.8)
+    class_means = np.stack([features[labels == c].mean(axis=0) for c in range(3)])
+    conditional_means = class_means[labels]  # E[f | y] for every sample
+    cov_f = np.cov(features, rowvar=False)
+    cov_g = np.cov(conditional_means, rowvar=False)
+    assert hscore(features, labels) == pytest.approx(np.trace(np.linalg.pinv(cov_f) @ cov_g), rel=1e-9)
+    shrunk = LedoitWolf().fit(features)
+    expected = np.trace(np.linalg.pinv(shrunk.covariance_) @ ((1 - shrunk.shrinkage_) * cov_g))
+    assert hscore_shrinkage(features, labels) == pytest.approx(expected, rel=1e-9)
 
 
 def test_hscore_shrinkage_is_hscore_with_shrinkage():
