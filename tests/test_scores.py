@@ -22,6 +22,7 @@ from headstart.select.scores import (
     nce,
     nleep,
     score_needs_source_logits,
+    sfda,
 )
 
 
@@ -235,6 +236,52 @@ def test_hscore_shrinkage_ranks_correctly_with_more_features_than_samples():
     informative = hscore_shrinkage(*clustered(40, 200, 4, separation=1.0))
     noise = hscore_shrinkage(*clustered(40, 200, 4, separation=0.0))
     assert np.isfinite(informative) and informative > noise
+
+
+def reference_sfda(features: np.ndarray, labels: np.ndarray) -> float:
+    """SFDA following the authors' code step by step: Fisher directions from eigh(S_b, S_w)."""
+    import scipy.linalg
+
+    n, d = features.shape
+    classes = np.unique(labels)
+    priors = np.array([np.mean(labels == c) for c in classes])
+
+    def class_means(x):
+        return np.stack([x[labels == c].mean(axis=0) for c in classes])
+
+    def shrink(cov, amount):
+        return (1 - amount) * cov + amount * np.trace(cov) / d * np.eye(d)
+
+    def fisher_probabilities(x, amount):
+        means = class_means(x)
+        within = sum(p * np.cov(x[labels == c].T, bias=True) for p, c in zip(priors, classes))
+        between = shrink(np.cov(x.T, bias=True), amount) - shrink(within, amount)
+        values, vectors = scipy.linalg.eigh(between, shrink(within, amount))
+        vectors = vectors[:, np.argsort(values)[::-1]]
+        coef = means @ vectors @ vectors.T
+        logits = x @ coef.T - 0.5 * np.diag(means @ coef.T) + np.log(priors)
+        return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+    within = sum(p * np.cov(features[labels == c].T, bias=True) for p, c in zip(priors, classes))
+    amount = max(np.exp(-5 * np.linalg.eigvalsh(within).max()), 1e-10)
+    probabilities = fisher_probabilities(features, amount)
+    probabilities = np.exp(probabilities) / np.exp(probabilities).sum(axis=1, keepdims=True)
+    means = class_means(features)
+    mixed = features.copy()
+    for index, c in enumerate(classes):
+        rows = labels == c
+        confidence = probabilities[rows, index][:, None]
+        others = (means.sum(axis=0) - means[index]) / (len(classes) - 1)
+        mixed[rows] = confidence * features[rows] + (1 - confidence) * others
+    probabilities = fisher_probabilities(mixed, amount)
+    return float(np.mean(probabilities[np.arange(n), np.searchsorted(classes, labels)]))
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.1], ids=["weak-shrinkage", "strong-shrinkage"])
+def test_sfda_matches_the_authors_steps(scale):
+    features, labels = clustered(150, 6, 3, 0.7, seed=4)
+    features = features * scale  # small features make the adaptive shrinkage matter
+    assert sfda(features, labels) == pytest.approx(reference_sfda(features, labels), rel=1e-7)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from headstart.select.scores import (
     nce,
     nleep,
     score_needs_source_logits,
+    sfda,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "nce",
     "nleep",
     "score_needs_source_logits",
+    "sfda",
 ]
