@@ -39,6 +39,7 @@ class ProbeRun:
     store_key: str
     bundle: Bundle = field(repr=False)
     bundle_path: Path | None = None
+    test_predictions: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def row(self) -> dict[str, Any]:
         """A flat summary for tables and CSV logs."""
@@ -65,6 +66,7 @@ class ProbeReport:
     runs: list[ProbeRun]
     dataset: dict[str, Any]
     out: Path | None = None
+    data: Dataset | None = field(default=None, repr=False)
 
     @property
     def best(self) -> ProbeRun:
@@ -108,6 +110,22 @@ def fit_and_evaluate(features: Features, head_name: str, seed: int, head_params:
     return head, result, fit_seconds
 
 
+def predict_test_rows(features: Features, head: Any) -> dict[str, np.ndarray] | None:
+    """Dataset index, true and predicted class, and confidence of each test row (single-label only)."""
+    if features.labels.ndim != 1:
+        return None
+    rows = np.flatnonzero((features.split == "test") & features.valid)
+    proba = head.predict_proba(features.X[rows])
+    top = proba.argmax(axis=1)
+    names = np.array(features.classes, dtype=object)
+    return {
+        "index": rows,
+        "true": names[features.labels[rows]],
+        "predicted": names[np.asarray(head.classes_)[top]],
+        "confidence": proba[np.arange(len(rows)), top],
+    }
+
+
 def probe(
     data: Dataset,
     backbones: list[str],
@@ -133,7 +151,8 @@ def probe(
         image_size: Input size override.
         seed: Seed for the heads.
         out: Run directory. Bundles go to ``out/bundles/<backbone>-<head>``, the best one also to
-            ``out/bundle``; ``metrics.json``, ``manifest.json`` and ``results.csv`` beside them.
+            ``out/bundle``; ``metrics.json``, ``manifest.json``, ``results.csv``, the best run's
+            ``test_predictions.csv`` and ``report.html`` beside them.
         store: Feature store (default: ``$HEADSTART_CACHE``).
         quiet: No progress bars.
         head_params: Per-head constructor arguments, e.g. ``{"mlp": {"max_epochs": 50}}``.
@@ -167,16 +186,17 @@ def probe(
                     backbone=features.spec.name, head=head_name, image_size=features.spec.input_size, layer=features.layer,
                     pool=features.pool, test=result, extract_seconds=features.seconds, fit_seconds=fit_seconds,
                     store_hit=features.hit, store_key=features.key, bundle=bundle,
+                    test_predictions=predict_test_rows(features, head),
                 )
             )
-    report = ProbeReport(runs=runs, dataset=data.summary())
+    report = ProbeReport(runs=runs, dataset=data.summary(), data=data)
     if out is not None:
         write_run(report, Path(out))
     return report
 
 
 def write_run(report: ProbeReport, out: Path) -> None:
-    """Save every bundle, the best one as ``out/bundle``, and the run's metrics, manifest and CSV."""
+    """Save every bundle, the best one as ``out/bundle``, the run's metrics, manifest and CSV, and its report."""
     import csv
     import io
     import sys
@@ -207,3 +227,26 @@ def write_run(report: ProbeReport, out: Path) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out / "results.csv", buffer.getvalue().encode())
+    _write_report_files(report, out)
+
+
+def _write_report_files(report: ProbeReport, out: Path) -> None:
+    """The best run's test predictions (with thumbnails of its worst mistakes) and ``report.html``.
+
+    A report that fails to render never loses the run: the error is printed with the command that
+    renders it again.
+    """
+    from headstart.console import err_console
+    from headstart.evaluate.report import write_report, write_test_predictions
+
+    predictions = report.best.test_predictions
+    if predictions is not None:
+        data = report.data
+        write_test_predictions(
+            out, predictions["index"], predictions["true"], predictions["predicted"], predictions["confidence"],
+            items=data.items if data is not None else None, modality=data.modality if data is not None else "image",
+        )
+    try:
+        write_report(out)
+    except Exception as exc:  # noqa: BLE001 - the run is saved; only its report is missing
+        err_console.print(f"warning: report.html was not written ({exc}); render it with: headstart report {out}")
