@@ -1,0 +1,227 @@
+"""Time headstart's feature extraction beside the founding document's recipe, on the same JPEGs.
+
+The corpus: ``--n`` JPEGs (default 1,000) in 10 class folders, cut from real photos that install
+with scikit-image and scikit-learn (random crops, resized to ImageNet-like 500x375 or 375x500,
+saved at JPEG quality 90). It is built once into ``benchmarks/_data/`` (git-ignored) and reused.
+
+The recipe: torchvision ``ImageFolder`` + PIL + ``Resize(256)/CenterCrop(224)/ToTensor/Normalize``,
+fp32, batch 32, ``num_workers=0``, model = ``nn.Sequential(*list(mobilenet_v2.children())[:-1])``
+with the ImageNet weights (the packaged file, checked by sha256), under ``torch.no_grad()``; its
+(N, 1280, 7, 7) maps are mean-pooled to (N, 1280) so that both sides compute the same features.
+
+headstart: ``extract("tv:mobilenet_v2.IMAGENET1K_V1", load_data(folder), store=FeatureStore(tmp))``
+at 224 px, then the same call again (a store hit: the cached re-read). Everything runs in one process,
+on the CPU. The script checks that both sides' features agree, and prints a Markdown table, the
+ratios and the machine.
+
+Usage:
+    .venv/bin/python benchmarks/extract.py
+    .venv/bin/python benchmarks/extract.py --n 1000 --warmup --repeats 2
+    .venv/bin/python benchmarks/extract.py --n 200 --workers 1     # quick look; headstart's worker count
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+BACKBONE = "tv:mobilenet_v2.IMAGENET1K_V1"
+SIZES = [(500, 375), (375, 500), (500, 333), (500, 400)]
+
+
+def source_photos() -> list[tuple[str, np.ndarray]]:
+    """Ten colour photographs bundled with scikit-image and scikit-learn (no download)."""
+    from skimage import data as sk
+    from sklearn.datasets import load_sample_images
+
+    photos = [
+        ("astronaut", sk.astronaut()),
+        ("chelsea", sk.chelsea()),
+        ("coffee", sk.coffee()),
+        ("rocket", sk.rocket()),
+        ("hubble", sk.hubble_deep_field()),
+        ("retina", sk.retina()),
+        ("ihc", sk.immunohistochemistry()),
+        ("motorcycle", sk.stereo_motorcycle()[0]),
+    ]
+    sample = load_sample_images()
+    photos += [(Path(name).stem, image) for name, image in zip(sample.filenames, sample.images)]
+    return [(name, np.ascontiguousarray(image[..., :3])) for name, image in photos]
+
+
+def build_corpus(root: Path, n: int, seed: int = 0) -> Path:
+    """``root/<class>/<i>.jpg``: ``n`` random crops of the photos, one class per photo."""
+    from PIL import Image
+
+    done = root / ".complete"
+    if done.is_file() and done.read_text() == str(n):
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    rng = np.random.default_rng(seed)
+    photos = source_photos()
+    for index in range(n):
+        name, photo = photos[index % len(photos)]
+        height, width = photo.shape[:2]
+        out_w, out_h = SIZES[rng.integers(len(SIZES))]
+        aspect = out_w / out_h
+        scale = rng.uniform(0.5, 1.0)
+        crop_h = int(min(height, width / aspect) * scale)
+        crop_w = int(crop_h * aspect)
+        top = rng.integers(0, height - crop_h + 1)
+        left = rng.integers(0, width - crop_w + 1)
+        crop = Image.fromarray(photo[top : top + crop_h, left : left + crop_w])
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        crop = crop.resize((out_w, out_h), Image.Resampling.BICUBIC)
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        crop.save(folder / f"{index:05d}.jpg", quality=90)
+    done.write_text(str(n))
+    return root
+
+
+def recipe_model() -> torch.nn.Module:
+    """torchvision MobileNetV2 with the packaged ImageNet weights (sha256-checked), classifier dropped."""
+    import torchvision
+
+    from headstart.backbones.packaged import PACKAGED, verify_sha256
+
+    entry = PACKAGED[BACKBONE]
+    path = entry.path()
+    if path is None:
+        sys.exit(f"The MobileNetV2 weights are not installed: {entry.install_hint()} (make setup does this).")
+    verify_sha256(path, entry.sha256, BACKBONE)
+    net = torchvision.models.mobilenet_v2(weights=None)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return torch.nn.Sequential(*list(net.children())[:-1]).eval()
+
+
+def run_recipe(root: Path, model: torch.nn.Module, limit: int | None = None) -> tuple[np.ndarray, float]:
+    """The founding document's recipe; returns pooled features (N, 1280) and seconds."""
+    from torchvision import datasets, transforms
+
+    start = time.perf_counter()
+    transform = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+        ]
+    )
+    dataset = datasets.ImageFolder(str(root), transform=transform)
+    if limit is not None:
+        dataset = torch.utils.data.Subset(dataset, range(limit))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=False, num_workers=0)
+    outputs = []
+    with torch.no_grad():
+        for images, _ in loader:
+            outputs.append(model(images).mean(dim=(2, 3)))
+    features = torch.cat(outputs).numpy()
+    return features, time.perf_counter() - start
+
+
+def run_headstart(root: Path, store_dir: Path, workers: int | None, limit: int | None = None):
+    """headstart's extract through a fresh store; returns the Features and seconds (data listing included)."""
+    from headstart import FeatureStore, extract, load_data
+
+    start = time.perf_counter()
+    data = load_data(root)
+    if limit is not None:
+        data = data.subset(np.arange(limit))
+    features = extract(BACKBONE, data, store=FeatureStore(store_dir), num_workers=workers, quiet=True)
+    return features, time.perf_counter() - start
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if "model name" in fields:
+        model = f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="number of JPEGs (default 1000)")
+    parser.add_argument("--warmup", action="store_true", help="run both pipelines on 64 images first")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate recipe and headstart this many times; keep the fastest")
+    parser.add_argument("--workers", type=int, default=None, help="headstart's DataLoader workers (default: its own choice)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="corpus folder (default benchmarks/_data/jpegs-N)")
+    args = parser.parse_args()
+
+    root = build_corpus(args.data_dir or HERE / "_data" / f"jpegs-{args.n}", args.n)
+    print(f"corpus: {args.n} JPEGs in {root}", file=sys.stderr)
+    load_before = load()
+    print(f"load average before: {load_before}", file=sys.stderr)
+    model = recipe_model()
+    scratch = Path(tempfile.mkdtemp(prefix="headstart-bench-"))
+    try:
+        if args.warmup:
+            run_recipe(root, model, limit=64)
+            run_headstart(root, scratch / "warmup", args.workers, limit=64)
+        recipe_times, headstart_times, cached_times = [], [], []
+        for repeat in range(args.repeats):
+            reference, seconds = run_recipe(root, model)
+            recipe_times.append(seconds)
+            print(f"recipe: {seconds:.1f} s", file=sys.stderr)
+            store_dir = scratch / f"store-{repeat}"
+            features, seconds = run_headstart(root, store_dir, args.workers)
+            assert not features.hit
+            headstart_times.append(seconds)
+            print(f"headstart: {seconds:.1f} s", file=sys.stderr)
+            cached, seconds = run_headstart(root, store_dir, args.workers)
+            assert cached.hit, "the second call must read the store back"
+            cached_times.append(seconds)
+        load_after = load()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    # Same work on both sides: ImageFolder and load_data list the files in the same order.
+    assert features.valid.all() and len(features.skipped) == 0
+    difference = np.abs(features.X - reference).max()
+    cosine = np.sum(features.X * reference, axis=1) / (np.linalg.norm(features.X, axis=1) * np.linalg.norm(reference, axis=1))
+    recipe_s, headstart_s, cached_s = min(recipe_times), min(headstart_times), min(cached_times)
+    n = args.n
+    print()
+    print(f"Extraction of {n} JPEGs (about 500x375) with MobileNetV2 (ImageNet) at 224 px, CPU, fp32.")
+    print()
+    print("| pipeline | seconds | images/s | speed-up vs recipe |")
+    print("|---|---:|---:|---:|")
+    print(f"| recipe: ImageFolder + PIL, batch 32, no workers | {recipe_s:.2f} | {n / recipe_s:.1f} | 1.00x |")
+    print(f"| headstart `extract` (first call, computes and stores) | {headstart_s:.2f} | {n / headstart_s:.1f} | {recipe_s / headstart_s:.2f}x |")
+    print(f"| headstart `extract` (second call, store hit) | {cached_s:.3f} | {n / cached_s:.0f} | {recipe_s / cached_s:.0f}x |")
+    print()
+    print(f"- headstart extraction vs the recipe: **{recipe_s / headstart_s:.2f}x** (goal: at least 1.5x on 2 cores)")
+    print(f"- cached re-read vs headstart extraction: **{headstart_s / cached_s:.0f}x** faster")
+    print(f"- features agree: max |difference| {difference:.2e}, min cosine similarity {cosine.min():.6f}")
+    print(f"- headstart DataLoader workers: {args.workers if args.workers is not None else 'default'}; repeats: {args.repeats} (fastest kept); warmup: {args.warmup}")
+    print(f"- machine: {machine()}")
+    print(f"- load average (1/5/15 min) before: {load_before}; after: {load_after}")
+
+
+if __name__ == "__main__":
+    main()
