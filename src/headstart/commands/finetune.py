@@ -1,0 +1,109 @@
+"""``headstart finetune``: fine-tune a backbone with a new head and write a bundle (flags map onto ``finetune()``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from headstart.commands.common import CacheDir, ImageSize, Json, Out, PerClass, Quiet, Seed, print_json, store_from
+
+
+def finetune_cmd(
+    data: Annotated[str, typer.Argument(help="Image folder, .csv/.jsonl manifest, .npz, or builtin:NAME.")],
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name, e.g. tv:mobilenet_v2.IMAGENET1K_V1.")],
+    strategy: Annotated[
+        Optional[str], typer.Option("--strategy", help="lp-ft (default), linear-then-full, last-stage, gradual or full.")
+    ] = None,
+    policy: Annotated[Optional[Path], typer.Option("--policy", help="A FinetunePolicy YAML file (instead of --strategy).")] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Most epochs to train.")] = 10,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Head learning rate (default: 3e-4 for lp-ft, else 1e-3).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch size per step (split across processes).")] = 32,
+    accumulation_steps: Annotated[int, typer.Option("--accumulation-steps", help="Batches per optimizer step.")] = 1,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd.")] = "adamw",
+    warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="Linear warm-up before the cosine decay.")] = 1.0,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the loss.")] = 0.1,
+    max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Clip the gradient norm (0 turns it off).")] = 1.0,
+    patience: Annotated[Optional[int], typer.Option("--patience", help="Early stopping: epochs without a better val accuracy (0 never stops).")] = 5,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation when there is no val split.")] = 0.1,
+    randaugment: Annotated[bool, typer.Option("--randaugment", help="Add RandAugment to the training augmentations.")] = False,
+    mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="auto, no, bf16 or fp16.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    explain: Annotated[bool, typer.Option("--explain", help="Print the policy's plan (one row per layer group) and exit.")] = False,
+    per_class: PerClass = None,
+    image_size: ImageSize = None,
+    seed: Seed = 0,
+    out: Out = None,
+    cache_dir: CacheDir = None,
+    json_out: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune a backbone with a new head (LP-FT by default), and write a bundle that predict uses unchanged."""
+    from headstart.finetune import finetune
+
+    if explain:
+        _explain(backbone, strategy, policy, epochs, lr, image_size, data)
+        return
+    if out is None:
+        if resume:
+            from headstart.errors import HeadstartError
+
+            raise HeadstartError("--resume needs the run folder: pass --out DIR of the run to continue.")
+        out = Path("runs") / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = finetune(
+        data,
+        backbone,
+        strategy=strategy,
+        policy=policy,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        accumulation_steps=accumulation_steps,
+        optimizer=optimizer,
+        warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing,
+        max_grad_norm=max_grad_norm or None,
+        patience=patience or None,
+        val_fraction=val_fraction,
+        randaugment=randaugment,
+        mixed_precision=mixed_precision,
+        per_class=per_class,
+        image_size=image_size,
+        seed=seed,
+        out=out,
+        resume=resume,
+        store=store_from(cache_dir),
+        device=device,
+        quiet=quiet or json_out,
+    )
+    if json_out:
+        print_json(result.to_dict())
+        return
+    from headstart.console import console
+
+    test = f"test accuracy {result.test.accuracy:.3f}" if result.test else "no test split"
+    probe = f" (linear probe {result.probe_test_accuracy:.3f})" if result.probe_test_accuracy is not None else ""
+    console.print(f"{result.backbone} {result.strategy}: {test}{probe}, best epoch {result.best_epoch}, {result.seconds_per_epoch:.1f} s/epoch; bundle: {result.bundle_path}")
+
+
+def _explain(backbone: str, strategy, policy, epochs: int, lr, image_size, data) -> None:
+    """Print the plan without training (the data is not read)."""
+    from headstart.backbones import load_backbone
+    from headstart.finetune import FinetuneModel
+    from headstart.finetune.loop import DEFAULT_LR, _resolve_policy
+
+    loaded = load_backbone(backbone)
+    loaded.spec = loaded.spec.with_input_size(image_size)
+    resolved = _resolve_policy(strategy, policy, loaded.spec, epochs)
+    model = FinetuneModel(loaded, 2)
+    rate = DEFAULT_LR.get(resolved.strategy, 1e-3) if lr is None else lr
+    for epoch in [0, *resolved.unfreeze]:
+        resolved.explain(model, lr=rate, epoch=epoch)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``finetune`` to the ``headstart`` app."""
+    app.command("finetune")(finetune_cmd)

@@ -1,0 +1,274 @@
+"""The fine-tuning loop on a tiny random-init model: frozen means frozen, exact resume, bundles, bad input, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from headstart.backbones import load_backbone
+from headstart.bundle import Bundle
+from headstart.cli import app
+from headstart.data import load_data
+from headstart.data.transforms import preprocess_array_batch
+from headstart.finetune import (
+    FinetuneModel,
+    FinetunePolicy,
+    FrozenWeightsChangedError,
+    PolicyError,
+    TrainingDivergedError,
+    finetune,
+)
+from headstart.finetune import loop
+from headstart.finetune.data import split_indices, train_batches
+from headstart.finetune.model import is_batchnorm
+
+from conftest import TINY_BACKBONE
+
+HELPER = Path(__file__).resolve().parent / "_ft_run.py"
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The runs compared bit for bit use one thread, like the helper process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    """300 16x16 images, 3 classes told apart by where a bright square sits."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 100)
+    images = rng.integers(0, 60, size=(300, 16, 16)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        top = 2 + 4 * label
+        images[i, top : top + 5, 3:13] = 220
+    return images, labels
+
+
+@pytest.fixture
+def data(arrays):
+    return load_data(arrays, seed=0)
+
+
+@pytest.fixture
+def npz(tmp_path, arrays):
+    path = tmp_path / "squares.npz"
+    np.savez(path, x=arrays[0], y=arrays[1])
+    return path
+
+
+def _bn_names(backbone) -> list[str]:
+    return [name for name, module in backbone.model.named_modules() if is_batchnorm(module)]
+
+
+def test_frozen_parameters_and_bn_statistics_do_not_move(data):
+    backbone = load_backbone(TINY_BACKBONE)
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    result = finetune(data, backbone, strategy="last-stage", epochs=2, image_size=32, quiet=True)
+    after = backbone.model.state_dict()
+    trained_prefixes = ("blocks.4.", "conv_head.", "bn2.")
+    for key, value in before.items():
+        if key.startswith(trained_prefixes):
+            continue
+        assert torch.equal(value, after[key]), f"frozen {key} changed"
+    # BatchNorm in the trained stage runs in train mode: its statistics follow the new data.
+    assert not torch.equal(before["bn2.running_mean"], after["bn2.running_mean"])
+    assert not torch.equal(before["blocks.4.0.bn1.running_var"], after["blocks.4.0.bn1.running_var"])
+    assert not torch.equal(before["conv_head.weight"], after["conv_head.weight"])
+    assert [row["trainable_params"] for row in result.history] == [result.history[0]["trainable_params"]] * 2
+
+
+def test_stats_frozen_keeps_every_running_statistic_but_trains_affine(data):
+    backbone = load_backbone(TINY_BACKBONE)
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    policy = FinetunePolicy(trainable=("*",), bn="stats-frozen")
+    finetune(data, backbone, policy=policy, epochs=1, image_size=32, quiet=True, val_fraction=0.0)
+    after = backbone.model.state_dict()
+    stats = [k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(stats) == 3 * len(_bn_names(backbone))
+    for key in stats:
+        assert torch.equal(before[key], after[key]), f"{key} moved in stats-frozen mode"
+    assert not torch.equal(before["bn1.weight"], after["bn1.weight"])
+    assert not torch.equal(before["conv_stem.weight"], after["conv_stem.weight"])
+
+
+def test_bundle_predicts_like_the_model_and_run_files_are_written(data, tmp_path):
+    out = tmp_path / "run"
+    result = finetune(data, TINY_BACKBONE, strategy="lp-ft", epochs=2, lr=1e-3, image_size=32, out=out, quiet=True)
+    assert result.probe_test_accuracy is not None and result.test is not None
+    assert result.test.accuracy > 0.9
+    test_rows = data.indices("test")
+    images = data.items[test_rows]
+    bundle = Bundle.load(out / "bundle")
+    assert bundle.finetuned
+    with torch.no_grad():
+        x = preprocess_array_batch(images, result.bundle.spec)
+        expected = torch.softmax(result.model(x).double(), dim=1).numpy()
+    np.testing.assert_allclose(bundle.predict_proba(list(images)), expected, atol=1e-5)
+    assert bundle.predict(list(images[:3])) == [data.classes[i] for i in expected[:3].argmax(1)]
+    # logs, checkpoints and the policy
+    lines = (out / "metrics.csv").read_text().strip().splitlines()
+    assert lines[0].startswith("epoch,phase,") and len(lines) == 3
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
+    assert (out / "checkpoints" / "last.pt").is_file() and (out / "checkpoints" / "best.pt").is_file()
+    assert FinetunePolicy.load(out / "policy.yaml") == result.policy
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["test_accuracy"] == pytest.approx(result.test.accuracy)
+
+
+def test_resume_after_kill_ends_with_the_same_weights(npz, tmp_path):
+    """Kill -9 right after the checkpoint of epoch 1 (gradual: the next epoch unfreezes more), resume, compare."""
+    data = load_data(str(npz), seed=0)
+    killed = tmp_path / "killed"
+    args = [sys.executable, str(HELPER), str(npz), str(killed), "--strategy", "gradual", "--epochs", "4"]
+    run = subprocess.run([*args, "--kill-after-epoch", "1"], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == -9, run.stderr[-2000:]
+    assert (killed / "checkpoints" / "last.pt").is_file() and not (killed / "metrics.json").exists()
+    assert len((killed / "metrics.csv").read_text().strip().splitlines()) == 3  # header + epochs 0 and 1
+
+    resumed = finetune(data, TINY_BACKBONE, strategy="gradual", epochs=4, image_size=32, seed=0, out=killed, resume=True, device="cpu", quiet=True)
+    straight = finetune(data, TINY_BACKBONE, strategy="gradual", epochs=4, image_size=32, seed=0, out=tmp_path / "straight", device="cpu", quiet=True)
+    # the phase changes across the kill point: more trains after it
+    assert [row["phase"] for row in straight.history] == [0, 1, 2, 2]
+    assert straight.history[2]["trainable_params"] > straight.history[1]["trainable_params"]
+    for name in ("last.pt", "best.pt"):
+        a = torch.load(killed / "checkpoints" / name, weights_only=True)
+        b = torch.load(tmp_path / "straight" / "checkpoints" / name, weights_only=True)
+        for key, value in a["model"].items():
+            assert torch.equal(value, b["model"][key]), f"{name}: {key} differs after resume"
+    drop = ("seconds", "seconds_train")
+    strip = lambda history: [{k: v for k, v in row.items() if k not in drop} for row in history]
+    assert strip(resumed.history) == strip(straight.history)
+    assert resumed.test.accuracy == straight.test.accuracy
+    assert len((killed / "metrics.csv").read_text().strip().splitlines()) == 5
+
+
+def test_resume_with_other_settings_is_refused(data, tmp_path):
+    out = tmp_path / "run"
+    finetune(data, TINY_BACKBONE, strategy="full", epochs=1, image_size=32, out=out, quiet=True)
+    with pytest.raises(loop.CheckpointError, match=r"lr: checkpoint 0\.001, now 0\.002"):
+        finetune(data, TINY_BACKBONE, strategy="full", epochs=1, lr=2e-3, image_size=32, out=out, resume=True, quiet=True)
+    with pytest.raises(loop.CheckpointError, match="No checkpoint"):
+        finetune(data, TINY_BACKBONE, strategy="full", epochs=1, image_size=32, out=tmp_path / "empty", resume=True, quiet=True)
+
+
+def test_nan_loss_stops_with_the_batch_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    train_rows, _, _ = split_indices(data, 0.1, 0)
+    first_epoch = len(train_batches(train_rows, 32, 0, 0))
+    calls = {"train": 0}
+    original = FinetuneModel.forward
+
+    def forward(self, x):
+        out = original(self, x)
+        if torch.is_grad_enabled():
+            calls["train"] += 1
+            if calls["train"] == first_epoch + 2:  # epoch 1, batch 1
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(FinetuneModel, "forward", forward)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match=r"became nan in epoch 1, batch 1.*last good checkpoint is kept.*Lower --lr") as info:
+        finetune(data, TINY_BACKBONE, strategy="full", epochs=3, image_size=32, out=out, quiet=True)
+    assert "mixed precision" in str(info.value)
+    kept = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert kept["loop"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_a_frozen_weight_changed_by_outside_code_is_caught(data, monkeypatch):
+    original = FinetuneModel.forward
+
+    def forward(self, x):
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                self.backbone.model.conv_stem.weight.mul_(1.001)  # "frozen" under last-stage
+        return original(self, x)
+
+    monkeypatch.setattr(FinetuneModel, "forward", forward)
+    with pytest.raises(FrozenWeightsChangedError, match=r"conv_stem\.weight of module conv_stem changed during epoch 0"):
+        finetune(data, TINY_BACKBONE, strategy="last-stage", epochs=1, image_size=32, quiet=True)
+
+
+def test_early_stopping_keeps_the_best_epoch(data, monkeypatch):
+    scores = iter([(0.9, 0.5), (0.8, 0.6), (0.8, 0.6), (0.7, 0.55)])  # (loss, accuracy); a tie is no gain
+    monkeypatch.setattr(loop, "_validate", lambda *args: next(scores))
+    result = finetune(data, TINY_BACKBONE, strategy="full", epochs=6, patience=2, image_size=32, quiet=True)
+    assert result.stopped_early and len(result.history) == 4
+    assert result.best_epoch == 1 and [row["best"] for row in result.history] == [True, True, False, False]
+
+
+def test_policy_errors_reach_the_user(data):
+    with pytest.raises(PolicyError, match="Similar names"):
+        finetune(data, TINY_BACKBONE, policy=FinetunePolicy(trainable=("layer4.*",)), epochs=1, image_size=32, quiet=True)
+    with pytest.raises(PolicyError, match="not both"):
+        finetune(data, TINY_BACKBONE, strategy="full", policy=FinetunePolicy(), epochs=1, image_size=32, quiet=True)
+    with pytest.raises(PolicyError, match="Unknown strategy 'lp_ft'.*Did you mean lp-ft"):
+        finetune(data, TINY_BACKBONE, strategy="lp_ft", epochs=1, image_size=32, quiet=True)
+
+
+def test_cli_finetune_then_predict(npz, tmp_path, arrays):
+    from PIL import Image
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(FinetunePolicy(trainable=["head", "last-n:2"], lr_mult={"last-n:2": 0.5}).to_yaml())
+    result = runner.invoke(app, ["finetune", str(npz), "--backbone", TINY_BACKBONE, "--policy", str(policy), "--epochs", "1",
+                                 "--image-size", "32", "--out", str(out), "--json", "--quiet"])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    summary = json.loads(result.stdout)
+    assert summary["strategy"] == "custom" and summary["policy"]["trainable"] == ["head", "last-n:2"]
+    assert len(summary["history"]) == 1 and summary["bundle"] == str(out / "bundle")
+    paths = []
+    for i in (0, 150, 299):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(arrays[0][i]).save(path)
+        paths.append(str(path))
+    predicted = runner.invoke(app, ["predict", str(out / "bundle"), *paths, "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    rows = json.loads(predicted.stdout)
+    assert [row["error"] for row in rows] == [None] * 3 and all(row["label"] in ("0", "1", "2") for row in rows)
+    bad = runner.invoke(app, ["finetune", str(npz), "--backbone", TINY_BACKBONE, "--strategy", "last-n", "--epochs", "1"])
+    assert isinstance(bad.exception, PolicyError)
+    plan = runner.invoke(app, ["finetune", str(npz), "--backbone", TINY_BACKBONE, "--strategy", "gradual", "--epochs", "4", "--explain"])
+    assert plan.exit_code == 0 and plan.stdout.count("fine-tuning policy (gradual)") == 3
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_agree_with_one(npz, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each takes half of every global batch; metrics match one process."""
+    policy = tmp_path / "policy.yaml"
+    # BatchNorm in eval mode makes each sample's computation independent of how the batch is split.
+    policy.write_text(FinetunePolicy(trainable=["*"], bn="stats-frozen").to_yaml())
+    common = [str(HELPER), str(npz), "--policy", str(policy), "--epochs", "2", "--lr", "3e-3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, *common[:1], common[1], str(tmp_path / "one"), *common[2:]], capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert single.returncode == 0, single.stderr[-3000:]
+    torchrun = shutil.which("torchrun", path=str(VENV_BIN)) or "torchrun"
+    double = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", common[0], common[1], str(tmp_path / "two"), *common[2:]],
+        capture_output=True, text=True, env=env, timeout=600, check=False,
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    for a, b in zip(one["history"], two["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=0.04)
+    assert one["test_accuracy"] == pytest.approx(two["test_accuracy"], abs=0.03)
+    assert len(one["history"]) == len(two["history"]) == 2
