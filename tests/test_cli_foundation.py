@@ -240,3 +240,21 @@ def test_usage_error_exits_2(monkeypatch, capsys):
         main()
     assert info.value.code == 2
     assert "Missing" in capsys.readouterr().err
+
+
+@pytest.mark.xfail(
+    reason="BUG: an unknown --pool or a non-positive --image-size is not checked up front: it fails inside the "
+    "forward pass with a ValueError/RuntimeError, so the console script prints a Traceback and exits 1",
+    strict=True,
+)
+@pytest.mark.parametrize("extra", [["--pool", "median"], ["--image-size", "0"]])
+def test_bad_pool_or_image_size_is_a_one_line_error(bad_inputs, extra, monkeypatch, capsys):
+    from headstart.cli import main
+
+    args, _ = bad_inputs["bad layer"]
+    args = [a for a in args if a not in ("--layer", "blocks.99")]
+    monkeypatch.setattr(sys, "argv", ["headstart", *args, *extra])
+    with pytest.raises(SystemExit) as info:
+        main()
+    captured = capsys.readouterr()
+    _check_one_line_error("bad option", info.value.code, captured.out, captured.err, extra[0])

@@ -409,3 +409,20 @@ def test_skipped_files_survive_a_store_hit(tmp_path):
     assert sorted(first.skipped) == sorted(second.skipped)
     assert {item for item, _ in second.skipped} == {str(p) for p in bad} | {str(root / "a" / "readme.txt")}
     assert np.array_equal(first.valid, second.valid)
+
+
+def test_manifest_entry_for_a_missing_file_is_skipped(tmp_path):
+    rows = _manifest_rows(tmp_path)
+    rows.append(("imgs/x/gone.png", "x"))
+    manifest = tmp_path / "data.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label"])
+        writer.writerows(rows)
+    data = load_data(manifest)
+    features = extract(TINY_BACKBONE, data, image_size=32, num_workers=0, store=FeatureStore(tmp_path / "s"), quiet=True)
+    skipped = dict(features.skipped)
+    gone = str(tmp_path / "imgs" / "x" / "gone.png")
+    assert list(skipped) == [gone]
+    assert "No such file" in skipped[gone] or "FileNotFoundError" in skipped[gone]
+    assert features.valid.sum() == len(rows) - 1
