@@ -405,6 +405,23 @@ def test_file_round_trip_gives_identical_features(tiny_backbones, name, tmp_path
         assert torch.equal(loaded.source_logits(loaded(batch)), original.source_logits(original(batch)))
 
 
+def test_file_plain_state_dict_with_sidecar(tiny_backbones, tmp_path, batch):
+    """A .pth state dict (as torch.save writes it) with a hand-written sidecar."""
+    import torchvision
+
+    torch.manual_seed(3)
+    net = torchvision.models.resnet18(num_classes=7)
+    path = tmp_path / "r18.pth"
+    torch.save({"state_dict": net.state_dict()}, path)
+    path.with_suffix(".json").write_text(json.dumps({"arch": "tv:resnet18", "num_classes": 7, "input_size": 64, "crop_pct": 1.0}))
+    loaded = load_backbone(f"file:{path}")
+    assert loaded.spec.input_size == 64 and loaded.spec.crop_pct == 1.0
+    assert loaded.spec.num_source_classes == 7 and loaded.spec.feature_dim == 512
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.source_logits(loaded(batch)), net(batch))
+
+
 def test_file_without_sidecar_says_how_to_write_one(tiny_backbones, tmp_path):
     path = save_backbone(tiny_backbones["tv:resnet18@random"], tmp_path / "r18")
     path.with_suffix(".json").unlink()
