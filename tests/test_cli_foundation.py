@@ -227,11 +227,6 @@ def test_console_script_one_line_error(console_runs, case):
     _check_one_line_error(case, code, stdout, stderr, expected)
 
 
-@pytest.mark.xfail(
-    reason="BUG: cli.main catches click.ClickException, but typer 0.29 vendors click as typer._click, whose "
-    "exceptions are not click's: a usage error prints a Traceback and exits 1",
-    strict=True,
-)
 def test_usage_error_exits_2(monkeypatch, capsys):
     from headstart.cli import main
 
@@ -242,11 +237,6 @@ def test_usage_error_exits_2(monkeypatch, capsys):
     assert "Missing" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    reason="BUG: an unknown --pool or a non-positive --image-size is not checked up front: it fails inside the "
-    "forward pass with a ValueError/RuntimeError, so the console script prints a Traceback and exits 1",
-    strict=True,
-)
 @pytest.mark.parametrize("extra", [["--pool", "median"], ["--image-size", "0"]])
 def test_bad_pool_or_image_size_is_a_one_line_error(bad_inputs, extra, monkeypatch, capsys):
     from headstart.cli import main

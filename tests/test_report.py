@@ -357,11 +357,6 @@ EXTRACT_WITH_SMALL_SHARDS = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.main drops the exit code that typer returns under standalone_mode=False: typer turns Ctrl-C into "
-    "Exit(130) and returns 130, so the process exits 0 without the resume message (typer.Exit(2) in predict is lost the same way)",
-)
 def test_ctrl_c_keeps_committed_shards_and_says_how_to_resume(tmp_path):
     """SIGINT to a running ``headstart extract`` after its first shard: exit 130, the shard stays, a hint."""
     from headstart.features import FeatureStore

@@ -194,11 +194,6 @@ def test_key_changes_when_one_pixel_changes(tiny_arrays, tiny, store):
     np.testing.assert_allclose(second.X[others], first.X[others], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    reason="BUG: at the default (pooled) layer Backbone.features ignores pool, so pool='max' or 'token' stores "
-    "the avg-pooled features again under another key and a meta.json that says pool=max",
-    strict=True,
-)
 @pytest.mark.parametrize("pool", ["max", "token"])
 def test_pool_at_the_default_layer_is_applied_or_refused(tiny_arrays, tiny, store, pool):
     data = load_data(tiny_arrays)
@@ -317,11 +312,6 @@ def test_leftover_temp_files_are_ignored(tiny_arrays, tiny, store):
     assert again.hit and np.array_equal(again.X, clean.X)
 
 
-@pytest.mark.xfail(
-    reason="BUG: read_shard checks the payload's sha256 against its own record but never the record's index, "
-    "start and rows against the shard it stands for, so a self-consistent shard of other rows is served",
-    strict=True,
-)
 def test_shard_from_another_run_is_not_mixed_in(tiny_arrays, tiny, store, monkeypatch):
     """A valid shard of the wrong rows (copied over another) must not be served in its place."""
     clean = _three_shards(tiny, tiny_arrays, store)

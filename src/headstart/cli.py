@@ -28,6 +28,19 @@ from headstart.commands.common import (
 )
 from headstart.errors import HeadstartError
 
+# Options of the commands that read data or load backbones (text data and hf:/st: encoders).
+TextColumn = Annotated[Optional[str], typer.Option("--text-column", help="Column holding the text in a .csv/.tsv/.jsonl table (default: text).")]
+LabelColumn = Annotated[str, typer.Option("--label-column", help="Column holding the label in a .csv/.tsv/.jsonl table.")]
+TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Let hf:/st: model folders run the code they ship (off by default; read it first).")]
+
+
+def _allow_remote_code(trust: bool) -> None:
+    """``--trust-remote-code``: hf:/st: adapters read HEADSTART_TRUST_REMOTE_CODE for this process."""
+    if trust:
+        import os
+
+        os.environ["HEADSTART_TRUST_REMOTE_CODE"] = "1"
+
 app = typer.Typer(
     name="headstart",
     help="Transfer learning from pretrained backbones: rank, extract once, probe, fine-tune, predict.",
@@ -71,8 +84,8 @@ def backbones(
 
 @app.command("extract")
 def extract_cmd(
-    data: Annotated[str, typer.Argument(help="Image folder, .csv/.jsonl manifest, .npz, or builtin:NAME.")],
-    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name, e.g. tv:mobilenet_v2.IMAGENET1K_V1.")],
+    data: Annotated[str, typer.Argument(help="Image or .txt folder, .csv/.tsv/.jsonl manifest or text table, .npz, or builtin:NAME.")],
+    backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name, e.g. tv:mobilenet_v2.IMAGENET1K_V1 or st:sentence-transformers/all-MiniLM-L6-v2.")],
     layer: Annotated[Optional[str], typer.Option("--layer", help="Layer to take features from (default: pooled penultimate).")] = None,
     pool: Annotated[str, typer.Option("--pool", help="avg, max, avgmax, token or none.")] = "avg",
     per_class: PerClass = None,
@@ -83,6 +96,9 @@ def extract_cmd(
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, or auto.")] = None,
     decode: Annotated[str, typer.Option("--decode", help="auto, pil or tensor (nvJPEG + batched resize on GPU).")] = "auto",
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the network (pays off on large jobs only).")] = False,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = "label",
+    trust_remote_code: TrustRemoteCode = False,
     cache_dir: CacheDir = None,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -91,7 +107,8 @@ def extract_cmd(
     from headstart.data import load_data
     from headstart.features import extract
 
-    dataset = load_data(data, per_class=per_class, seed=seed)
+    _allow_remote_code(trust_remote_code)
+    dataset = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column)
     features = extract(
         backbone, dataset, layer=layer, pool=pool, image_size=image_size, batch_size=batch_size,
         num_workers=workers, device=device, decode=decode, compile=compile_model, store=store_from(cache_dir),
@@ -114,7 +131,7 @@ def extract_cmd(
 
 @app.command("probe")
 def probe_cmd(
-    data: Annotated[str, typer.Argument(help="Image folder, .csv/.jsonl manifest, .npz, or builtin:NAME.")],
+    data: Annotated[str, typer.Argument(help="Image or .txt folder, .csv/.tsv/.jsonl manifest or text table, .npz, or builtin:NAME.")],
     backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="Backbone name; repeat to compare several.")],
     head: Annotated[list[str], typer.Option("--head", help="linear, knn or mlp; repeat to compare several.")] = ["linear"],  # noqa: B006
     layer: Annotated[Optional[str], typer.Option("--layer", help="Layer to probe (default: pooled penultimate).")] = None,
@@ -123,6 +140,9 @@ def probe_cmd(
     image_size: ImageSize = None,
     seed: Seed = 0,
     out: Out = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = "label",
+    trust_remote_code: TrustRemoteCode = False,
     cache_dir: CacheDir = None,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -132,7 +152,8 @@ def probe_cmd(
     from headstart.demo import print_probe_table
     from headstart.probe import probe
 
-    dataset = load_data(data, per_class=per_class, seed=seed)
+    _allow_remote_code(trust_remote_code)
+    dataset = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column)
     out = out or Path("runs") / f"probe-{time.strftime('%Y%m%d-%H%M%S')}"
     report = probe(
         dataset, backbone, head, layer=layer, pool=pool, image_size=image_size, seed=seed, out=out,
@@ -151,25 +172,52 @@ def probe_cmd(
 @app.command("predict")
 def predict_cmd(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder written by probe or finetune.")],
-    inputs: Annotated[list[str], typer.Argument(help="Image files or folders of images.")],
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files or folders of images; for a text bundle, the texts themselves. - reads one per line from stdin.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read inputs from a file: one per line, or a .csv/.tsv/.jsonl column (--text-column).")] = None,
+    text_column: Annotated[str, typer.Option("--text-column", help="Column holding the text when --file is a .csv/.tsv/.jsonl table.")] = "text",
     top_k: Annotated[int, typer.Option("--top-k", help="Probabilities to show per input.")] = 3,
+    trust_remote_code: TrustRemoteCode = False,
     json_out: Json = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
 ) -> None:
     """Predict labels with a saved bundle; unreadable inputs are reported and skipped."""
     from headstart.bundle import Bundle
     from headstart.data.sources import IMAGE_EXTENSIONS
+    from headstart.data.text_sources import read_texts
 
+    _allow_remote_code(trust_remote_code)
     model = Bundle.load(bundle)
+    is_text = model.spec.modality == "text"
+    given: list[str] = []
+    skipped_lines: list[tuple[str, str]] = []
+    for item in inputs or []:
+        if item == "-":
+            lines, bad = read_texts("-")
+            given += lines
+            skipped_lines += bad
+        else:
+            given.append(item)
+    if file is not None:
+        lines, bad = read_texts(file, text_column=text_column)
+        given += lines
+        skipped_lines += bad
+    for where, reason in skipped_lines:
+        from headstart.console import err_console
+
+        err_console.print(f"skipped {where}: {reason}", highlight=False)
     paths: list[str] = []
-    for item in inputs:
+    for item in given:
         path = Path(item)
-        if path.is_dir():
+        if not is_text and path.is_dir():
             paths += sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         else:
             paths.append(item)
     if not paths:
-        raise HeadstartError(f"No images found in {', '.join(inputs)}. Give image files or folders that hold images.")
+        what = "texts" if is_text else "images"
+        raise HeadstartError(
+            f"No {what} to predict on. Give them as arguments, with --file PATH, or on stdin with - "
+            f"(e.g. echo 'some text' | headstart predict {bundle} -)."
+        )
     results = model.predict_batch(paths, top_k=top_k)
     if json_out:
         print_json([r.to_dict() for r in results])
@@ -183,7 +231,7 @@ def predict_cmd(
             writer.writerow([r.input, r.label or "", f"{r.top_k[0][1]:.4f}" if r.top_k else "", top, r.error or ""])
     else:
         table(f"predictions ({bundle})", ["input", "label", "top-k", "error"], [
-            [r.input, r.label, ", ".join(f"{label} {p:.2f}" for label, p in r.top_k), r.error] for r in results
+            [_short(r.input), r.label, ", ".join(f"{label} {p:.2f}" for label, p in r.top_k), r.error] for r in results
         ])
     failed = [r for r in results if r.error]
     if failed:
@@ -192,6 +240,12 @@ def predict_cmd(
         err_console.print(f"{len(failed)} of {len(results)} input(s) could not be read; the others were predicted.")
         if len(failed) == len(results):
             raise typer.Exit(2)
+
+
+def _short(text: str, width: int = 80) -> str:
+    """One line of at most ``width`` characters, for tables."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 @app.command("demo")
@@ -263,31 +317,49 @@ def _register_commands() -> None:
 _register_commands()
 
 
+RESUME_HINT = "interrupted: committed feature shards and the last checkpoint are kept; run the same command again to resume."
+
+
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """Click's usage-error base class, from typer's vendored click and from click itself when installed."""
+    types: list[type[BaseException]] = []
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        types.append(VendoredClickException)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
 def main() -> None:
-    """Console-script entry point: one-line errors with exit code 2, clean Ctrl-C."""
+    """Console-script entry point: one-line errors with exit code 2, clean Ctrl-C with exit code 130."""
     from headstart.console import err_console
 
+    usage_errors = _usage_error_types()
     try:
-        app(standalone_mode=False)
+        result = app(standalone_mode=False)
     except HeadstartError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print(
-            "interrupted: committed feature shards and the last checkpoint are kept; run the same command again to resume."
-        )
+    except (KeyboardInterrupt, typer.Abort):
+        err_console.print(RESUME_HINT, soft_wrap=True)
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except usage_errors as exc:
+        exc.show()
+        sys.exit(getattr(exc, "exit_code", 2))
+    if isinstance(result, int) and result != 0:
+        if result == 130:
+            err_console.print(RESUME_HINT, soft_wrap=True)
+        sys.exit(result)
 
 
 if __name__ == "__main__":  # pragma: no cover

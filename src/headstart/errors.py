@@ -35,6 +35,10 @@ class LayerError(HeadstartError, ValueError):
     """A layer name is not one of the backbone's layers."""
 
 
+class OptionError(HeadstartError, ValueError):
+    """An argument or option has a value outside what it accepts."""
+
+
 class DataError(HeadstartError, ValueError):
     """A data source is missing, empty or malformed."""
 

@@ -263,8 +263,7 @@ def extract(
     store = store or FeatureStore()
     spec = backbone.spec.with_input_size(image_size)
     layer_name = backbone.check_layer(layer)
-    if decode not in ("auto", "pil", "tensor"):
-        raise ValueError(f"decode={decode!r} is not one of auto, pil, tensor.")
+    check_options(backbone, layer_name, pool, image_size, decode)
     decode_mode = decode if decode != "auto" else ("tensor" if pick_device(device).type == "cuda" else "pil")
     if data.in_memory or spec.modality != "image":
         decode_mode = "pil"  # arrays and text have no file decode step
@@ -313,6 +312,24 @@ def extract(
     return finish(*stored, hit=False)
 
 
+def check_options(backbone: Backbone, layer: str, pool: str, image_size: int | None, decode: str) -> None:
+    """Refuse option values that would fail deep inside the forward pass, with the fix."""
+    from headstart.backbones.module import POOLS
+    from headstart.errors import OptionError
+
+    if pool not in POOLS:
+        raise OptionError(f"--pool {pool!r} is not one of {', '.join(POOLS)}.")
+    if layer == backbone.spec.default_layer and pool != "avg":
+        raise OptionError(
+            f"--pool {pool} applies to feature maps and tokens, but the {layer!r} layer is already pooled by the model. "
+            f"Name a layer to pool yourself, e.g. --layer {backbone.spec.layers[-1] if backbone.spec.layers else '<layer>'} --pool {pool}."
+        )
+    if image_size is not None and image_size < 16:
+        raise OptionError(f"--image-size must be at least 16 pixels, got {image_size}.")
+    if decode not in ("auto", "pil", "tensor"):
+        raise OptionError(f"--decode {decode!r} is not one of auto, pil, tensor.")
+
+
 def rank_and_world() -> tuple[int, int]:
     """This process's rank and the number of processes (``torch.distributed``, or RANK/WORLD_SIZE)."""
     import torch.distributed as dist
@@ -356,6 +373,8 @@ def auto_batch_size(backbone: Backbone, spec: BackboneSpec, device: torch.device
     """A batch size that fits the free GPU memory, measured from one small forward pass."""
     if device.type != "cuda":
         return 64
+    if spec.modality == "text":
+        return 256  # batches are sorted by length and padded per batch; 256 sentences fit any GPU
     probe = 16
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)

@@ -261,8 +261,8 @@ class FeatureStore:
             payload = self._files.read(self._path(key, f"{self.shard_name(index)}.safetensors"))
         except (OSError, json.JSONDecodeError):
             return None
-        if hashlib.sha256(payload).hexdigest() != record.get("sha256"):
-            return None
+        if hashlib.sha256(payload).hexdigest() != record.get("sha256") or record.get("index") != index:
+            return None  # torn, corrupt, or another shard's file in this one's place
         try:
             arrays = load(payload)
         except Exception:  # a payload that hashes right but does not parse was written by someone else
