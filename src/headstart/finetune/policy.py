@@ -268,7 +268,9 @@ class CompiledPolicy:
         self.spec = model.backbone.spec
         self.parameters = model.policy_parameters()
         self.names = list(self.parameters)
-        self.head_names = [name for name in (f"{HEAD}.weight", f"{HEAD}.bias") if name in self.parameters]
+        # The head is every parameter under the ``head`` module: a Linear for classification
+        # (head.weight, head.bias); the FPN, RPN and box or mask heads for detection and segmentation.
+        self.head_names = [name for name in self.names if name.startswith(f"{HEAD}.")]
         self.module_names = list(model.policy_modules())
         self.bn_modules = {name: module for name, module in model.policy_modules().items() if is_batchnorm(module)}
         self.groups, self.group_source = _layer_groups(model, self.names, self.head_names)
