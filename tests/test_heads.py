@@ -58,12 +58,14 @@ def test_linear_recovers_separable_problem_and_stops_early():
     X, y = make_blobs(n_samples=300, n_features=20, centers=3, cluster_std=1.0, random_state=0)
     probe = LinearProbe(device="cpu").fit(X[:200], y[:200])
     assert probe.score(X[200:], y[200:]) == 1.0
-    # Validation accuracy is perfect early on the grid; the search goes `patience` points further
-    # (a larger C may still lower the validation loss) and then stops, far before the grid's end.
+    # Validation accuracy is perfect early on the grid; once it has been perfect for `patience` more
+    # points (a larger C may still lower the validation loss), the search stops, far before the end.
     scores = [score for _, score in probe.val_curve_]
-    first_perfect = scores.index(1.0)
-    assert len(scores) == first_perfect + probe.patience + 1 < len(DEFAULT_CS)
-    best = int(np.argmin(probe.val_loss_curve_))
+    assert len(scores) < len(DEFAULT_CS)
+    assert scores[-probe.patience - 1 :] == [1.0] * (probe.patience + 1)
+    assert 1.0 not in scores[-probe.patience - 2 : -probe.patience - 1]  # it stopped at the first chance
+    perfect = [i for i, score in enumerate(scores) if score == 1.0]
+    best = min(perfect, key=lambda i: probe.val_loss_curve_[i])
     assert probe.C_ == probe.val_curve_[best][0]
 
 
@@ -79,9 +81,9 @@ def test_linear_chooses_interior_C_when_regularization_is_needed():
     # The best accuracy wins; among equal accuracies, the lowest validation loss.
     tied = [i for i, score in enumerate(scores) if score == max(scores)]
     assert probe.C_ == Cs[min(tied, key=lambda i: probe.val_loss_curve_[i])]
-    # The search stopped after `patience` points clearly below the best, not at the grid's end.
+    # The search stopped after `patience` points without a new best, not at the grid's end.
     assert len(Cs) < len(DEFAULT_CS)
-    assert all(score < max(scores) - probe.min_delta for score in scores[-probe.patience :])
+    assert Cs[-probe.patience - 1] == probe.C_
 
 
 def test_linear_without_patience_scans_the_whole_grid():
