@@ -1,0 +1,352 @@
+"""Detection and segmentation bundles: save, load, predict, and draw the predictions.
+
+::
+
+    bundle/
+      bundle.json        task ("detection" or "segmentation"), backbone spec (with the pretrained
+                         weights' sha256), network config, classes, metrics, manifest
+      model.safetensors  the whole trained network (trunk, pyramid, heads); its sha256 is in bundle.json
+
+Loading rebuilds the architecture from the spec (no pretrained weights needed) and loads
+``model.safetensors`` after checking its sha256. :meth:`TaskBundle.predict_batch` returns one
+:class:`TaskPrediction` per input, with the fields ``headstart predict`` prints for classification
+(``input``, ``label``, ``top_k``, ``error``) plus the boxes or the mask; :meth:`TaskBundle.write_outputs`
+writes ``predictions.json`` and, per image, the image with its boxes drawn (detection) or the mask
+PNG and an overlay (segmentation).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.backbones import BackboneSpec
+from headstart.errors import DataError, WeightsMismatchError
+from headstart.tasks.scenes import IGNORE_INDEX
+
+TASKS = ("detection", "segmentation")
+BUNDLE_FORMAT = 1
+
+
+@dataclass
+class TaskPrediction:
+    """One input's predictions.
+
+    Attributes:
+        input: The input's name (path).
+        label: Detection: the class of the most confident box; segmentation: the non-background
+            class covering most pixels. None when nothing was found or the input failed.
+        top_k: Detection: ``(class, score)`` of the most confident boxes; segmentation:
+            ``(class, share of pixels)`` of the largest classes.
+        error: Why the input could not be read, or None.
+        boxes: Detection: ``{"label", "score", "box": [x0, y0, x1, y1]}`` per box above the threshold.
+        mask: Segmentation: the class-index mask (H, W) (not in the JSON; written as PNG).
+        files: Files written for this input by :meth:`TaskBundle.write_outputs`.
+        image: The input's pixels (uint8 RGB), kept for drawing; not in the JSON.
+    """
+
+    input: str
+    label: str | None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+    boxes: list[dict[str, Any]] | None = None
+    mask: np.ndarray | None = field(default=None, repr=False)
+    files: list[str] = field(default_factory=list)
+    image: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "input": self.input,
+            "label": self.label,
+            "top_k": [{"label": label, "p": round(p, 6)} for label, p in self.top_k],
+            "error": self.error,
+        }
+        if self.boxes is not None:
+            data["boxes"] = self.boxes
+        if self.mask is not None:
+            data["mask_shape"] = list(self.mask.shape)
+        if self.files:
+            data["files"] = list(self.files)
+        return data
+
+
+class TaskBundle:
+    """A trained detector or segmenter with everything needed to predict.
+
+    Args:
+        task: ``detection`` or ``segmentation``.
+        spec: The backbone's spec (name and pretrained weights' sha256).
+        config: The network's settings (``model.config``).
+        classes: Object classes (detection) or mask classes (segmentation, background first).
+        model: The trained :class:`TaskModel`, or None to build it from the bundle folder on first use.
+        metrics: Evaluation results to keep with the model.
+        manifest: Provenance: seed, data, settings, times.
+        score_threshold: Detection: boxes below this score are not reported.
+        ignore_index: Segmentation: the mask value of unscored pixels.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        spec: BackboneSpec,
+        config: dict[str, Any],
+        classes: list[str],
+        model=None,
+        metrics: dict[str, Any] | None = None,
+        manifest: dict[str, Any] | None = None,
+        score_threshold: float = 0.5,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        if task not in TASKS:
+            raise ValueError(f"task={task!r} is not one of {', '.join(TASKS)}.")
+        self.task = task
+        self.spec = spec
+        self.config = dict(config)
+        self.classes = list(classes)
+        self._model = model
+        self.metrics = metrics or {}
+        self.manifest = manifest or {}
+        self.score_threshold = score_threshold
+        self.ignore_index = ignore_index
+        self.path: Path | None = None
+        self._model_sha: str | None = None
+
+    # ----- saving and loading -----------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bundle folder (files replaced atomically) and return its path."""
+        from safetensors.torch import save as save_tensors
+
+        from headstart.backbones.packaged import sha256_file
+        from headstart.bundle import package_versions
+        from headstart.features.store import atomic_write_bytes, atomic_write_json
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.network.state_dict().items()}
+        atomic_write_bytes(path / "model.safetensors", save_tensors(state))
+        document = {
+            "format": BUNDLE_FORMAT,
+            "task": self.task,
+            "modality": "image",
+            "backbone": self.spec.to_dict(),
+            "model": self.config,
+            "model_sha256": sha256_file(path / "model.safetensors"),
+            "classes": self.classes,
+            "score_threshold": self.score_threshold,
+            "ignore_index": self.ignore_index,
+            "metrics": self.metrics,
+            "manifest": {"versions": package_versions(), "saved": time.time(), **self.manifest},
+        }
+        atomic_write_json(path / "bundle.json", document)
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, document: dict[str, Any] | None = None) -> TaskBundle:
+        """Load a bundle folder; the network is built on first use.
+
+        Raises:
+            DataError: Not a detection or segmentation bundle, or from a newer headstart.
+        """
+        path = Path(path)
+        if document is None:
+            if not (path / "bundle.json").is_file():
+                raise DataError(f"{path} is not a headstart bundle (no bundle.json). Give the --out folder's bundle/ of a detect or segment run.")
+            document = json.loads((path / "bundle.json").read_text())
+        if document.get("task") not in TASKS:
+            raise DataError(f"{path} is a {document.get('task', 'classification')} bundle, not a detection or segmentation one.")
+        if document.get("format", 0) > BUNDLE_FORMAT:
+            raise DataError(f"{path} was written by a newer headstart (format {document['format']}); upgrade headstart.")
+        bundle = cls(
+            task=document["task"],
+            spec=BackboneSpec.from_dict(document["backbone"]),
+            config=document["model"],
+            classes=document["classes"],
+            metrics=document.get("metrics", {}),
+            manifest=document.get("manifest", {}),
+            score_threshold=float(document.get("score_threshold", 0.5)),
+            ignore_index=int(document.get("ignore_index", IGNORE_INDEX)),
+        )
+        bundle.path = path
+        bundle._model_sha = document.get("model_sha256")
+        return bundle
+
+    @property
+    def model(self):
+        """The network, rebuilt from the spec and ``model.safetensors`` on first use (eval mode)."""
+        if self._model is None:
+            self._model = self._build()
+        return self._model
+
+    def _build(self):
+        from safetensors.torch import load_file
+
+        from headstart.backbones import load_backbone
+        from headstart.backbones.packaged import sha256_file
+
+        weights = self.path / "model.safetensors"
+        if not weights.is_file():
+            raise DataError(f"{self.path} has no model.safetensors; the bundle is incomplete.")
+        actual = sha256_file(weights)
+        if self._model_sha and actual != self._model_sha:
+            raise WeightsMismatchError(f"{weights} has sha256 {actual}, not the recorded {self._model_sha}; the bundle is damaged.")
+        backbone = load_backbone(self.spec.name, pretrained=False)
+        model = build_model(self.task, backbone, self.config)
+        model.network.load_state_dict(load_file(str(weights)))
+        return model.eval()
+
+    # ----- prediction -------------------------------------------------------------------------
+
+    def predict_images(self, images: list[np.ndarray]) -> list:
+        """Raw predictions for uint8 RGB arrays: detection dicts (``boxes``, ``scores``, ``labels``) or ``(mask, confidence)`` pairs."""
+        if self.task == "detection":
+            from headstart.tasks.detection import detect
+
+            return detect(self.model, images, score_threshold=self.score_threshold)
+        from headstart.tasks.segmentation import segment
+
+        return segment(self.model, images)
+
+    def predict_batch(self, inputs: list, top_k: int = 3) -> list[TaskPrediction]:
+        """Per-input predictions for image paths or arrays; an input that fails gets its error, the others still predict."""
+        loaded, positions, results = [], [], [None] * len(inputs)
+        for position, item in enumerate(inputs):
+            try:
+                loaded.append(_read_image(item))
+                positions.append(position)
+            except (OSError, ValueError, SyntaxError) as exc:
+                results[position] = TaskPrediction(_describe(item), None, [], f"{type(exc).__name__}: {exc}")
+        raw = self.predict_images(loaded) if loaded else []
+        for position, image, output in zip(positions, loaded, raw):
+            name = _describe(inputs[position])
+            results[position] = self._detection(name, output, top_k) if self.task == "detection" else self._segmentation(name, output, top_k)
+            results[position].image = image
+        return results  # type: ignore[return-value]
+
+    def _detection(self, name: str, output: dict, top_k: int) -> TaskPrediction:
+        order = np.argsort(-output["scores"])
+        boxes = [
+            {"label": self.classes[int(output["labels"][i])], "score": round(float(output["scores"][i]), 6), "box": [round(float(v), 2) for v in output["boxes"][i]]}
+            for i in order
+        ]
+        ranked = [(b["label"], b["score"]) for b in boxes[: max(1, top_k)]]
+        return TaskPrediction(name, boxes[0]["label"] if boxes else None, ranked, None, boxes=boxes)
+
+    def _segmentation(self, name: str, output: tuple, top_k: int) -> TaskPrediction:
+        mask, _ = output
+        counts = np.bincount(mask.reshape(-1), minlength=len(self.classes))[: len(self.classes)]
+        shares = counts / max(1, mask.size)
+        order = [i for i in np.argsort(-shares) if shares[i] > 0]
+        ranked = [(self.classes[i], float(shares[i])) for i in order[: max(1, top_k)]]
+        objects = [i for i in order if i != 0]
+        return TaskPrediction(name, self.classes[objects[0]] if objects else None, ranked, None, mask=mask)
+
+    def write_outputs(self, results: list[TaskPrediction], out: str | Path) -> Path:
+        """Write ``predictions.json`` and the drawn images (boxes) or masks and overlays to ``out``."""
+        from headstart.features.store import atomic_write_json
+        from headstart.tasks.coco import class_palette, save_palette_png
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        palette = class_palette(len(self.classes), self.ignore_index)
+        used: set[str] = set()
+        for result in results:
+            if result.error is not None:
+                continue
+            stem = _unique_stem(result.input, used)
+            image = result.image if result.image is not None else _read_image(result.input)
+            if self.task == "detection":
+                path = out / f"{stem}.boxes.png"
+                draw_boxes(image, result.boxes or [], self.classes, palette).save(path)
+                result.files = [str(path)]
+            else:
+                mask_path = out / f"{stem}.mask.png"
+                overlay_path = out / f"{stem}.overlay.png"
+                save_palette_png(result.mask, mask_path, palette)
+                overlay(image, result.mask, palette).save(overlay_path)
+                result.files = [str(mask_path), str(overlay_path)]
+        document = {
+            "task": self.task,
+            "bundle": str(self.path) if self.path else None,
+            "classes": self.classes,
+            "score_threshold": self.score_threshold if self.task == "detection" else None,
+            "predictions": [r.to_dict() for r in results],
+        }
+        atomic_write_json(out / "predictions.json", document)
+        return out
+
+
+def build_model(task: str, backbone, config: dict[str, Any]):
+    """Rebuild a task network from its saved config."""
+    if task == "detection":
+        from headstart.tasks.detection import build_detector
+
+        return build_detector(backbone, int(config["num_classes"]), arch=config["arch"], image_size=int(config["image_size"]),
+                              fpn_channels=int(config["fpn_channels"]), strides=tuple(config["strides"]))
+    from headstart.tasks.segmentation import build_segmenter
+
+    return build_segmenter(backbone, int(config["num_classes"]), head=config["head"], image_size=int(config["image_size"]),
+                           channels=int(config["channels"]), strides=tuple(config["strides"]))
+
+
+def draw_boxes(image: np.ndarray, boxes: list[dict[str, Any]], classes: list[str], palette: list[list[int]]):
+    """The image with each box drawn in its class colour and labelled ``class score``."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.fromarray(image).convert("RGB")
+    scale = max(1, 256 // max(1, min(canvas.size)))
+    if scale > 1:
+        canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+    for box in boxes:
+        colour = tuple(palette[classes.index(box["label"]) + 1]) if box["label"] in classes else (255, 0, 0)
+        x0, y0, x1, y1 = (v * scale for v in box["box"])
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
+        text = f"{box['label']} {box['score']:.2f}"
+        draw.rectangle([x0, max(0, y0 - 11), x0 + 6 * len(text) + 2, y0], fill=colour)
+        draw.text((x0 + 1, max(0, y0 - 11)), text, fill=(0, 0, 0))
+    return canvas
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, palette: list[list[int]], alpha: float = 0.5):
+    """The image blended with the mask's class colours (background left as it is)."""
+    from PIL import Image
+
+    colours = np.asarray(palette, dtype=np.float32)[mask]
+    blend = np.where((mask > 0)[..., None], image * (1 - alpha) + colours * alpha, image)
+    return Image.fromarray(blend.clip(0, 255).astype(np.uint8))
+
+
+def _read_image(item) -> np.ndarray:
+    if isinstance(item, np.ndarray):
+        if item.ndim == 2:
+            item = np.stack([item] * 3, axis=-1)
+        return np.ascontiguousarray(item[..., :3]).astype(np.uint8)
+    from PIL import Image
+
+    with Image.open(item) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    if isinstance(item, np.ndarray):
+        return f"array{tuple(item.shape)}"
+    return type(item).__name__
+
+
+def _unique_stem(name: str, used: set[str]) -> str:
+    stem = Path(name).stem if not name.startswith("array(") else "array"
+    candidate, counter = stem, 1
+    while candidate in used:
+        counter += 1
+        candidate = f"{stem}-{counter}"
+    used.add(candidate)
+    return candidate
