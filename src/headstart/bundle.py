@@ -8,7 +8,8 @@
       head.safetensors     the head's arrays
       backbone.safetensors only for fine-tuned bundles: the backbone's own weights
 
-``Bundle.load(path).predict(inputs)`` takes image paths, PIL images or arrays.
+``Bundle.load(path).predict(inputs)`` takes image paths, PIL images or arrays, or texts for a
+bundle trained on a text backbone.
 """
 
 from __future__ import annotations
@@ -195,10 +196,18 @@ class Bundle:
     # ----- prediction -------------------------------------------------------------------------
 
     def features(self, inputs: list) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
-        """Features of the inputs that decode, their positions, and the failures with reasons."""
+        """Features of the inputs that decode, their positions, and the failures with reasons.
+
+        Image bundles take paths, PIL images or arrays; text bundles take strings (an empty text
+        fails with its reason).
+        """
         from headstart.data.transforms import to_tensor_batch
 
         backbone = self.backbone
+        if self.spec.modality == "text":
+            from headstart.backbones.text_adapter import encode_texts
+
+            return encode_texts(backbone, list(inputs), self.layer, self.pool)
         batch, ok, failed = to_tensor_batch(list(inputs), backbone.spec)
         rows = []
         with torch.inference_mode():

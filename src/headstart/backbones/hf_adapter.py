@@ -1,8 +1,11 @@
 """``hf:`` backbones: Hugging Face transformers vision models (``AutoModel``).
 
+A folder that holds a tokenizer and no image processor is a text encoder; it loads through
+:mod:`headstart.backbones.text_adapter` (``AutoModel`` + ``AutoTokenizer``, masked mean pooling).
+
 ``hf:<repo id>`` resolves from the local Hugging Face cache (and, unless ``HEADSTART_OFFLINE=1``, the
 hub); ``hf:/path/to/folder`` loads a local folder holding ``config.json``, the weights and
-``preprocessor_config.json``. ``trust_remote_code`` is never enabled here.
+``preprocessor_config.json``. ``trust_remote_code`` is off unless the caller turns it on.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from headstart.backbones.module import Backbone, stage_param_groups
 from headstart.backbones.packaged import sha256_file
 from headstart.backbones.spec import BackboneSpec
 from headstart.errors import WeightsUnavailableError, require
+
+SUPPORTS_REMOTE_CODE = True
 
 _RESAMPLE = {2: "bilinear", 3: "bicubic", 0: "nearest"}
 
@@ -79,14 +84,19 @@ def _weights_sha(folder: Path) -> str:
     raise WeightsUnavailableError(f"{folder} holds no model.safetensors or pytorch_model.bin.")
 
 
-def load(name: str, pretrained: bool = True) -> Backbone:
-    """Load an ``hf:`` vision backbone."""
+def load(name: str, pretrained: bool = True, trust_remote_code: bool = False) -> Backbone:
+    """Load an ``hf:`` backbone: a vision model here, a text encoder through the text adapter."""
+    from headstart.backbones import text_adapter
+
     transformers = require("transformers", "hf")
     repo = name.removeprefix("hf:")
-    folder = _resolve_folder(repo)
-    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    folder = text_adapter.packaged_folder(name) or _resolve_folder(repo)
+    if text_adapter.is_text_folder(folder):
+        return text_adapter.load_folder(folder, f"hf:{repo}", "hf", pretrained=pretrained, trust_remote_code=trust_remote_code)
+    trust = text_adapter.trust_remote_code_enabled(trust_remote_code)
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=trust)
     if pretrained:
-        model = transformers.AutoModel.from_pretrained(folder, trust_remote_code=False)
+        model = transformers.AutoModel.from_pretrained(folder, trust_remote_code=trust)
         sha256 = _weights_sha(folder)
     else:
         with torch.random.fork_rng(devices=[]):

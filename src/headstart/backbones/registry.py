@@ -1,7 +1,9 @@
 """Resolve prefixed backbone names, and list the known ones.
 
-Prefixes: ``tv:`` (torchvision), ``timm:`` (timm), ``hf:`` (Hugging Face transformers vision
-models), ``file:`` (a local state dict, safetensors or TorchScript file with a sidecar JSON spec).
+Prefixes: ``tv:`` (torchvision), ``timm:`` (timm), ``hf:`` (Hugging Face transformers models:
+vision models, and text encoders with their tokenizer), ``st:`` (sentence-transformers text
+encoders, with their own pooling and normalisation), ``file:`` (a local state dict, safetensors or
+TorchScript file with a sidecar JSON spec).
 A ``@random`` suffix gives the same architecture with a seeded random initialisation, the control
 that shows what pretraining is worth.
 """
@@ -20,6 +22,7 @@ _ADAPTERS = {
     "timm": "headstart.backbones.timm_adapter",
     "hf": "headstart.backbones.hf_adapter",
     "file": "headstart.backbones.file_adapter",
+    "st": "headstart.backbones.text_adapter",
 }
 RANDOM_SUFFIX = "@random"
 
@@ -30,18 +33,22 @@ def _adapter(name: str):
         raise UnknownBackboneError(
             f"Backbone name {name!r} has no known source prefix. Use one of "
             f"{', '.join(p + ':' for p in _ADAPTERS)}, for example tv:mobilenet_v2.IMAGENET1K_V1, "
-            "timm:tf_efficientnet_lite0, hf:google/vit-base-patch16-224 or file:./model.safetensors."
+            "timm:tf_efficientnet_lite0, hf:google/vit-base-patch16-224, st:sentence-transformers/all-MiniLM-L6-v2 "
+            "or file:./model.safetensors."
         )
     return importlib.import_module(_ADAPTERS[prefix])
 
 
-def load_backbone(name: str, pretrained: bool | None = None) -> Backbone:
+def load_backbone(name: str, pretrained: bool | None = None, *, trust_remote_code: bool = False) -> Backbone:
     """Load a backbone by its prefixed name.
 
     Args:
         name: For example ``tv:mobilenet_v2.IMAGENET1K_V1``, ``timm:tf_efficientnet_lite0``,
-            ``tv:mobilenet_v2@random`` or ``file:./backbone.safetensors``.
+            ``tv:mobilenet_v2@random``, ``st:sentence-transformers/all-MiniLM-L6-v2`` or
+            ``file:./backbone.safetensors``.
         pretrained: Override the ``@random`` suffix: False forces a random initialisation.
+        trust_remote_code: Let an ``hf:`` or ``st:`` folder run the model code it ships
+            (``auto_map`` in its config). Off by default; read that code first.
 
     Returns:
         A :class:`Backbone` in eval mode. ``backbone.spec`` is its frozen :class:`BackboneSpec`;
@@ -57,7 +64,12 @@ def load_backbone(name: str, pretrained: bool | None = None) -> Backbone:
     base = name[: -len(RANDOM_SUFFIX)] if is_random else name
     if pretrained is None:
         pretrained = not is_random
-    return _adapter(base).load(base, pretrained=pretrained).eval()
+    adapter = _adapter(base)
+    if trust_remote_code:
+        if not getattr(adapter, "SUPPORTS_REMOTE_CODE", False):
+            raise ValueError(f"trust_remote_code applies to hf: and st: backbones only; {name} runs no code from its weights.")
+        return adapter.load(base, pretrained=pretrained, trust_remote_code=True).eval()
+    return adapter.load(base, pretrained=pretrained).eval()
 
 
 @dataclass(frozen=True)
@@ -75,10 +87,13 @@ class BackboneInfo:
 
 
 def catalog() -> list[str]:
-    """All names the ``tv:`` and ``timm:`` sources know (``hf:`` and ``file:`` are open-ended)."""
-    from headstart.backbones import timm_adapter, torchvision_adapter
+    """All names the ``tv:`` and ``timm:`` sources know, and the packaged ``st:``/``hf:`` text encoders.
 
-    return torchvision_adapter.list_names() + timm_adapter.list_names()
+    (``hf:``, ``st:`` and ``file:`` are otherwise open-ended.)
+    """
+    from headstart.backbones import text_adapter, timm_adapter, torchvision_adapter
+
+    return torchvision_adapter.list_names() + timm_adapter.list_names() + text_adapter.list_names()
 
 
 def list_backbones(pattern: str | None = None, offline_only: bool | None = None) -> list[BackboneInfo]:

@@ -66,7 +66,14 @@ class BackboneSpec:
         return dataclasses.replace(self, input_size=int(size))
 
     def preprocessing(self) -> dict[str, Any]:
-        """The settings that change the pixels a backbone sees (part of every store key)."""
+        """The settings that change what a backbone sees (part of every store key).
+
+        For images: size, normalisation, interpolation and crop. For text: the tokenizer, max
+        length, pooling and normalisation recorded in ``extra``.
+        """
+        if self.modality == "text":
+            keys = ("tokenizer_sha256", "max_length", "lowercase", "pooling", "normalize")
+            return {"text": {key: self.extra.get(key) for key in keys}}
         return {
             "input_size": self.input_size,
             "mean": list(self.mean),

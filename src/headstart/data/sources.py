@@ -1,4 +1,8 @@
-"""Data sources: image folders, CSV/JSONL manifests, numpy arrays and built-in datasets."""
+"""Data sources: image folders, CSV/JSONL manifests, numpy arrays and built-in datasets.
+
+Text sources (tables with a text column, folders of ``.txt`` files) live in
+:mod:`headstart.data.text_sources`; :func:`load_data` picks them by content.
+"""
 
 from __future__ import annotations
 
@@ -22,19 +26,24 @@ def load_data(
     test_fraction: float = 0.2,
     path_column: str = "path",
     label_column: str = "label",
+    text_column: str | None = None,
 ) -> Dataset:
     """Load a labelled dataset and assign train/val/test splits.
 
     Args:
-        source: ``builtin:animal-mnist``, ``builtin:fashion-mnist``, an image folder (one subfolder
-            per class, optionally under ``train/``, ``val/`` and ``test/``), a ``.csv`` or ``.jsonl``
-            manifest of (path, label[, split]), a ``.npz`` file with ``x`` and ``y``, or an
+        source: ``builtin:animal-mnist``, ``builtin:fashion-mnist``, ``builtin:vader-tweets``,
+            ``builtin:vader-movies``, an image folder (one subfolder per class, optionally under
+            ``train/``, ``val/`` and ``test/``), a folder of the same layout holding ``.txt`` files
+            (one text per file), a ``.csv``/``.tsv``/``.jsonl`` manifest of (path, label[, split])
+            or table of (text, label[, split]), a ``.npz`` file with ``x`` and ``y``, or an
             ``(images, labels)`` tuple of arrays.
         per_class: Keep at most this many training examples per class (few-shot work).
         seed: Seed for the stratified split and the subsample.
         test_fraction: Share of each class held out for test when the source has no test split.
         path_column: Manifest column holding the file path.
         label_column: Manifest column holding the label.
+        text_column: Table column holding the text. A table is read as text when this is given,
+            or when it has a ``text`` column and no ``path_column``.
 
     Returns:
         A :class:`Dataset` whose ``split`` marks each item train, val or test.
@@ -42,6 +51,8 @@ def load_data(
     Raises:
         DataError: The source is missing, empty, has one class, or is malformed.
     """
+    from headstart.data import text_sources
+
     if isinstance(source, tuple):
         dataset = from_arrays(*source)
     else:
@@ -55,9 +66,12 @@ def load_data(
             if not path.exists():
                 raise DataError(f"Data path {path} does not exist. Give an image folder, a .csv/.jsonl manifest, a .npz file or builtin:animal-mnist.")
             if path.is_dir():
-                dataset = from_folder(path)
+                dataset = text_sources.from_text_folder(path) if text_sources.is_text_folder(path) else from_folder(path)
             elif path.suffix.lower() in (".csv", ".tsv", ".jsonl"):
-                dataset = from_manifest(path, path_column=path_column, label_column=label_column)
+                if text_column is not None or text_sources.looks_like_text_table(path, path_column):
+                    dataset = text_sources.from_text_table(path, text_column=text_column or "text", label_column=label_column)
+                else:
+                    dataset = from_manifest(path, path_column=path_column, label_column=label_column)
             elif path.suffix.lower() == ".npz":
                 with np.load(path, allow_pickle=False) as archive:
                     keys = {k.lower(): k for k in archive.files}
