@@ -18,6 +18,7 @@ import csv
 import io
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,10 @@ class FinetuneResult:
         bundle_path: Where the bundle was saved (None without ``out``).
         out: The run directory.
         seconds: Wall time of the call.
-        model: The fine-tuned model (best weights, eval mode).
+        processes: Number of processes that trained (``accelerate launch`` / ``torchrun``).
+        device: The device each process trained on.
+        mixed_precision: The precision used (``no``, ``bf16``, ``fp16``).
+        model: The fine-tuned model (best weights, eval mode, on the CPU).
     """
 
     backbone: str
@@ -89,6 +93,9 @@ class FinetuneResult:
     bundle_path: Path | None
     out: Path | None
     seconds: float
+    processes: int
+    device: str
+    mixed_precision: str
     model: FinetuneModel = field(repr=False)
 
     @property
@@ -110,6 +117,9 @@ class FinetuneResult:
             "probe_test_accuracy": self.probe_test_accuracy,
             "seconds": round(self.seconds, 2),
             "seconds_per_epoch": round(self.seconds_per_epoch, 2),
+            "processes": self.processes,
+            "device": self.device,
+            "mixed_precision": self.mixed_precision,
             "history": self.history,
             "bundle": str(self.bundle_path) if self.bundle_path else None,
             "out": str(self.out) if self.out else None,
@@ -262,6 +272,10 @@ def finetune(
         if main and not quiet:
             _err(f"resuming {out} at epoch {state['epoch']} (phase {policy.phase_at(state['epoch'])})")
 
+    if main and out is not None and not resume and (out / "checkpoints" / "last.pt").is_file():
+        if not quiet:
+            _err(f"{out} holds an earlier fine-tuning run: starting a new one there (add --resume to continue the old one instead)")
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
     logger = _Logger(out, main, quiet, resumed_epoch=state["epoch"] if resume else None)
     if main and not quiet and not resume:
         summary = compiled.summary(0)
@@ -287,6 +301,7 @@ def finetune(
                 net = _wrap(model, accelerator)
             guard = FrozenGuard(model, epoch)
             tick = time.perf_counter()
+            cpu_tick = time.process_time()
             train_loss, train_acc = _train_epoch(
                 net, model, compiled, opt, scheduler, accelerator, batcher, train_rows, epoch, batch_size,
                 accumulation_steps, label_smoothing, max_grad_norm, seed, out,
@@ -305,7 +320,7 @@ def finetune(
                 "epoch": epoch, "phase": phase, "trainable_params": compiled.summary(epoch)["trainable_params"],
                 "lr": scheduler.get_last_lr()[-1], "train_loss": train_loss, "train_accuracy": train_acc,
                 "val_loss": val_loss, "val_accuracy": val_acc, "seconds_train": round(train_seconds, 3),
-                "seconds": round(time.perf_counter() - tick, 3), "best": improved,
+                "seconds": round(time.perf_counter() - tick, 3), "cpu_seconds": round(time.process_time() - cpu_tick, 3), "best": improved,
             }
             state["history"].append(row)
             epoch += 1
@@ -353,7 +368,8 @@ def finetune(
     result = FinetuneResult(
         backbone=spec.name, strategy=policy.strategy, policy=policy, lr=lr, history=state["history"], best_epoch=state["best_epoch"],
         stopped_early=state["stopped_early"], test=test, probe_test_accuracy=probe_test_accuracy, bundle=bundle, bundle_path=None,
-        out=out, seconds=time.perf_counter() - started, model=model,
+        out=out, seconds=time.perf_counter() - started, processes=world, device=str(accelerator.device),
+        mixed_precision=accelerator.mixed_precision, model=model,
     )
     if main and out is not None:
         result.bundle_path = bundle.save(out / "bundle")
@@ -445,18 +461,17 @@ def _resolve_policy(strategy: str | None, policy: FinetunePolicy | str | Path | 
 def _init_head_from_probe(model, data, train_rows, test_rows, store, seed, accelerator, quiet) -> float | None:
     """Fit a LinearProbe on the store's features of the training rows and copy it into the head.
 
-    The main process extracts first (other processes then read the stored features); every
-    process fits the same probe. Returns the probe's test accuracy (None without a test split).
+    Only the main process extracts and fits: the others keep their head, which DistributedDataParallel
+    overwrites with the main process's weights when it wraps the model. Returns the probe's test
+    accuracy (None without a test split, and on the other processes).
     """
     from headstart.features import extract
     from headstart.heads import LinearProbe
 
-    backbone = model.backbone
     if not accelerator.is_main_process:
-        accelerator.wait_for_everyone()
-    features = extract(backbone, data, image_size=backbone.spec.input_size, store=store, quiet=quiet or not accelerator.is_main_process)
-    if accelerator.is_main_process:
-        accelerator.wait_for_everyone()
+        return None
+    backbone = model.backbone
+    features = extract(backbone, data, image_size=backbone.spec.input_size, store=store, quiet=quiet)
     rows = train_rows[features.valid[train_rows]]
     probe = LinearProbe(random_state=seed, device="cpu").fit(features.X[rows], data.labels[rows])
     model.init_head_from_probe(probe)
@@ -644,7 +659,10 @@ def _err(message: str) -> None:
 class _Logger:
     """Per-epoch logs: a console line (rich), ``metrics.csv`` and TensorBoard events in the run directory."""
 
-    COLUMNS = ("epoch", "phase", "trainable_params", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds_train", "seconds", "best")
+    COLUMNS = (
+        "epoch", "phase", "trainable_params", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+        "seconds_train", "seconds", "cpu_seconds", "best",
+    )
 
     def __init__(self, out: Path | None, main: bool, quiet: bool, resumed_epoch: int | None) -> None:
         self.out = out if main else None
