@@ -131,10 +131,10 @@ def test_report_draws_every_section_it_has_files_for(tmp_path):
     assert main_table_rows(page) == 3  # the rank table: one row per candidate
     assert "Content-Security-Policy" in page
     assert page.count('src="data:image/png;base64,') >= 8
-    assert "n/a: no source head" in page  # an undefined score is shown with its reason, never as 0
+    assert "is n/a for timm:tf_efficientnet_lite0: no source head" in page  # never shown as 0
     assert "cat/broken.jpg" in page
     assert "Pareto front" in page
-    assert "Phases from column <code>phase</code>: head from epoch 0; layer4 from epoch 1.5; all from epoch 3.5." in page
+    assert "Phases (column <code>phase</code>): head from epoch 0; layer4 from epoch 2; all from epoch 4." in page
 
 
 def test_report_shows_only_what_exists(tmp_path):
@@ -204,6 +204,70 @@ def test_matplotlib_is_imported_lazily():
     code = "import sys, headstart, headstart.evaluate.report, headstart.cli; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_finetune_run_format(tmp_path):
+    """A run directory as finetune() writes it: metrics.csv per epoch, metrics.json with the policy and test metrics."""
+    run = tmp_path / "finetune"
+    run.mkdir()
+    columns = ["epoch", "phase", "trainable_params", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds_train", "seconds", "best"]
+    lines = [",".join(columns)]
+    for epoch, phase in enumerate([0, 1, 2, 2]):
+        lines.append(f"{epoch},{phase},{1000 * (phase + 1)},0.001,{1 / (epoch + 1)},{0.5 + epoch / 10},{1.1 / (epoch + 1)},{0.4 + epoch / 10},0.3,0.4,{epoch == 3}")
+    (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+    names = np.array(CLASSES, dtype=object)
+    labels = np.arange(20) % 4
+    proba = np.full((20, 4), 0.1)
+    proba[np.arange(20), labels] = 0.7
+    metrics = {
+        "backbone": "tv:mobilenet_v2.IMAGENET1K_V1", "strategy": "gradual", "best_epoch": 3, "test_accuracy": 1.0,
+        "policy": {"trainable": ["head"], "unfreeze": {"1": ["last-n:3"], "2": ["*"]}},
+        "test": evaluate(names[labels], proba, CLASSES).to_dict(),
+        "history": [{"epoch": 0}],
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    files = read_run(run)
+    assert files.kind == "finetune"
+    page = render_report(run)
+    assert section_ids(page) == ["overview", "curves", "confusion", "per-class"]
+    assert "tv:mobilenet_v2.IMAGENET1K_V1 (gradual)" in page
+    assert "train head from epoch 0; + last-n:3 from epoch 1; + * from epoch 2" in page
+    assert "The kept weights are those of epoch 3" in page
+    from headstart.evaluate.report import log_series
+
+    _, series = log_series(files.logs[0], "phase")
+    assert set(series) == {"lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+
+
+def test_rank_table_format(tmp_path):
+    """rank.json as headstart.select.rank writes it: two declared Pareto plots, n/a scores with reasons."""
+    rank = pytest.importorskip("headstart.select.rank")
+    from headstart.select.cost import Cost
+
+    def row(rank_position, name, logme, leep, macs, speed, front, front_speed):
+        cost = Cost(params=macs // 10, macs=macs, images_per_s=speed, peak_memory_bytes=50_000_000, image_size=112, batch_size=32, device="cpu", threads=2)
+        return rank.RankRow(
+            candidate=name, backbone=name, layer="pooled", image_size=112, feature_dim=1280, pretrained=True,
+            scores={"logme": logme, "leep": leep}, undefined={} if leep is not None else {"leep": "no source head"},
+            combined=logme, rank=rank_position, cost=cost, pareto=front, pareto_speed=front_speed,
+        )
+
+    table = rank.RankTable(
+        rows=[row(1, "timm:tf_efficientnet_lite0", 1.3, None, 400_000_000, 120.0, True, False),
+              row(2, "tv:mobilenet_v2.IMAGENET1K_V1", 1.2, 0.4, 300_000_000, 169.0, True, True),
+              row(3, "tv:mobilenet_v2@random", 0.2, None, 300_000_000, 169.0, False, False)],
+        skipped=[("tv:resnet50.IMAGENET1K_V2", "weights are not available offline")],
+        scores=("logme", "leep"), combination=rank.Combination(scores=("logme",)), dataset={"source": "arrays", "classes": ["a", "b"], "counts": {}},
+        sample={"n_samples": 200}, seed=0,
+    )
+    table.write(tmp_path / "rank")
+    page = render_report(tmp_path / "rank")
+    assert section_ids(page)[:2] == ["dataset", "rank"]
+    assert main_table_rows(page) == 3
+    assert 'alt="combined against cost.macs"' in page
+    assert 'alt="combined against cost.images_per_s"' in page
+    assert "is n/a for timm:tf_efficientnet_lite0, tv:mobilenet_v2@random: no source head" in page
+    assert "weights are not available offline" in page
 
 
 # ----- the CLI -----------------------------------------------------------------------------------
@@ -344,6 +408,56 @@ def test_browser_check_catches_broken_pages(tmp_path):
     assert set(findings["undecoded"]) == {"broken", "remote"}
     assert any("img-src" in error for error in findings["errors"])
     assert console, "chromium should log the blocked request"
+
+
+# ----- progress and console ------------------------------------------------------------------------
+
+
+def _read_pty(fd: int) -> str:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_only_on_a_terminal_and_json_alone_on_stdout(tmp_path, tiny_arrays):
+    """A terminal gets a progress bar with throughput and ETA; --quiet and a pipe get none; --json is pure JSON."""
+    import pty
+
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x=tiny_arrays[0], y=tiny_arrays[1])
+    base = [str(HEADSTART), "extract", str(data), "--backbone", TINY_BACKBONE, "--image-size", "32"]
+    processes = {}
+    for name, extra, terminal in (("terminal", [], True), ("quiet", ["--quiet"], True), ("piped", ["--json"], False)):
+        env = {**os.environ, "HEADSTART_CACHE": str(tmp_path / f"cache-{name}"), "HEADSTART_OFFLINE": "1"}
+        if terminal:
+            parent, child = pty.openpty()
+            process = subprocess.Popen([*base, *extra], env=env, stdout=subprocess.PIPE, stderr=child)
+            os.close(child)
+            processes[name] = (process, parent)
+        else:
+            processes[name] = (subprocess.Popen([*base, *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE), None)
+    outputs = {}
+    for name, (process, parent) in processes.items():
+        if parent is not None:
+            stderr = _read_pty(parent)
+            stdout = process.communicate(timeout=240)[0].decode()
+            os.close(parent)
+        else:
+            stdout, stderr = (part.decode() for part in process.communicate(timeout=240))
+        assert process.returncode == 0, f"{name}: exit {process.returncode}: {stderr[-1000:]}"
+        outputs[name] = (stdout, stderr)
+    assert "items/s" in outputs["terminal"][1] and "ETA" in outputs["terminal"][1]
+    assert "items/s" not in outputs["quiet"][1] and "━" not in outputs["quiet"][1]
+    stdout, stderr = outputs["piped"]
+    assert "━" not in stderr and "items/s" not in stderr
+    assert json.loads(stdout)["shape"] == [60, json.loads(stdout)["shape"][1]]
 
 
 # ----- Ctrl-C -------------------------------------------------------------------------------------

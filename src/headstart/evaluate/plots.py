@@ -172,12 +172,14 @@ def probe_bars_png(rows: list[dict], metric: str = "accuracy", title: str = "Tes
     return _png(fig)
 
 
-def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[int]:
-    """Indices of the points no other point beats on both lower cost and higher score.
+def pareto_front(costs: Sequence[float], scores: Sequence[float], higher_cost_is_better: bool = False) -> list[int]:
+    """Indices of the points no other point beats on both cost and score.
 
-    Ties count as not beaten, so equal points are all on the front. Returned in cost order.
+    Lower cost is better unless ``higher_cost_is_better`` (an axis like images/s). Ties count as
+    not beaten, so equal points are all on the front. Returned in order of cost, best first.
     """
-    points = sorted(range(len(costs)), key=lambda i: (costs[i], -scores[i]))
+    sign = -1.0 if higher_cost_is_better else 1.0
+    points = sorted(range(len(costs)), key=lambda i: (sign * costs[i], -scores[i]))
     front: list[int] = []
     best = -math.inf
     for i in points:
@@ -188,7 +190,8 @@ def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[int]:
 
 
 def pareto_png(labels: Sequence[str], costs: Sequence[float], scores: Sequence[float], cost_name: str, score_name: str,
-               front: Sequence[int] | None = None, title: str = "Accuracy versus cost") -> bytes | None:
+               front: Sequence[int] | None = None, higher_cost_is_better: bool = False,
+               title: str = "Accuracy versus cost") -> bytes | None:
     """A scatter of candidates by cost and score, with the Pareto front joined and labelled.
 
     Args:
@@ -198,6 +201,7 @@ def pareto_png(labels: Sequence[str], costs: Sequence[float], scores: Sequence[f
         cost_name: The x axis label.
         score_name: The y axis label.
         front: Indices on the front (default: computed with :func:`pareto_front`).
+        higher_cost_is_better: For an x axis where more is better, such as images/s.
         title: The plot title.
     """
     plt = _pyplot()
@@ -205,7 +209,7 @@ def pareto_png(labels: Sequence[str], costs: Sequence[float], scores: Sequence[f
         return None
     costs = [float(c) for c in costs]
     scores = [float(s) for s in scores]
-    front = list(front) if front is not None else pareto_front(costs, scores)
+    front = list(front) if front is not None else pareto_front(costs, scores, higher_cost_is_better)
     on_front = set(front)
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
     others = [i for i in range(len(costs)) if i not in on_front]
@@ -217,7 +221,7 @@ def pareto_png(labels: Sequence[str], costs: Sequence[float], scores: Sequence[f
     for i, label in enumerate(labels):
         ax.annotate(_short(str(label), 32), (costs[i], scores[i]), textcoords="offset points", xytext=(5, 4), fontsize=7,
                     color="#111827" if i in on_front else GREY)
-    ax.set_xlabel(f"{cost_name} (lower is better)")
+    ax.set_xlabel(f"{cost_name} ({'higher' if higher_cost_is_better else 'lower'} is better)")
     ax.set_ylabel(f"{score_name} (higher is better)")
     ax.set_title(title)
     ax.legend(fontsize=8, frameon=False, loc="lower right")
@@ -225,7 +229,8 @@ def pareto_png(labels: Sequence[str], costs: Sequence[float], scores: Sequence[f
 
 
 def curves_png(x: Sequence[float], series: dict[str, Sequence[float | None]], x_name: str,
-               phases: Sequence[tuple[float, float, str]] = (), title: str = "Training curves") -> bytes | None:
+               phases: Sequence[tuple[float, float, str]] = (), title: str = "Training curves",
+               marks: Sequence[tuple[float, str]] = ()) -> bytes | None:
     """Training curves in up to three panels (losses, metrics, learning rate), phases shaded.
 
     Args:
@@ -234,6 +239,7 @@ def curves_png(x: Sequence[float], series: dict[str, Sequence[float | None]], x_
         x_name: The x axis label.
         phases: ``(start, end, label)`` spans, e.g. unfreeze phases; boundaries are marked.
         title: The plot title.
+        marks: ``(x, label)`` points to mark with a vertical line, e.g. the best epoch.
     """
     plt = _pyplot()
     if plt is None:
@@ -252,6 +258,7 @@ def curves_png(x: Sequence[float], series: dict[str, Sequence[float | None]], x_
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.9 * len(panels) + 0.6, 3.4), squeeze=False)
     xs = np.asarray(x, dtype=np.float64)
+    from matplotlib.ticker import MaxNLocator
     for ax, (panel, columns) in zip(axes[0], panels):
         for k, column in enumerate(columns):
             ys = np.array([np.nan if v is None else float(v) for v in series[column]])
@@ -264,14 +271,19 @@ def curves_png(x: Sequence[float], series: dict[str, Sequence[float | None]], x_
                 ax.axvspan(start, end, color="#fde68a", alpha=0.35, linewidth=0)
             if p > 0:
                 ax.axvline(start, color=ORANGE, linestyle=":", linewidth=1.2)
-            ax.text(start, 0.98, " " + _short(label, 16), transform=ax.get_xaxis_transform(), ha="left", va="top",
-                    fontsize=7, color=ORANGE)
+            ax.text(start, 0.98 if p % 2 == 0 else 0.89, " " + _short(label, 16), transform=ax.get_xaxis_transform(),
+                    ha="left", va="top", fontsize=7, color=ORANGE)
+        for where, label in marks:
+            ax.axvline(where, color=GREEN, linestyle="--", linewidth=1)
+            ax.text(where, 0.02, f" {label}", transform=ax.get_xaxis_transform(), ha="left", va="bottom", fontsize=7, color=GREEN)
         if panel == "learning rate":
             positive = [float(v) for c in columns for v in series[c] if v is not None and float(v) > 0]
             if positive and max(positive) / min(positive) > 50:
                 ax.set_yscale("log")
         ax.set_title(panel)
         ax.set_xlabel(x_name)
+        if np.all(xs == np.round(xs)):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7, frameon=False, loc="best")
     fig.suptitle(title)
     fig.tight_layout()

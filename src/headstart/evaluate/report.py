@@ -35,6 +35,7 @@ import html
 import io
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
 # Columns of an epoch log that hold the phase of an unfreeze schedule.
 PHASE_WORDS = ("phase", "stage", "unfreeze", "unfrozen")
 # Columns of an epoch log that are bookkeeping, not curves.
-NOT_CURVES = ("time", "second", "elapsed", "wall", "throughput", "per_s", "step", "samples", "items")
+NOT_CURVES = ("time", "second", "elapsed", "wall", "throughput", "per_s", "step", "samples", "items", "param", "best")
 RUN_FILES = ("metrics.json", "manifest.json", "results.csv", "rank.json", PREDICTIONS_FILE)
 
 
@@ -247,10 +248,13 @@ def main_result(run: RunFiles) -> tuple[str, dict[str, Any]] | None:
     results = eval_results(run.metrics)
     if not results:
         return None
-    for where, result in results:
-        if result.get("split") == "test":
-            return where or "test", result
-    return results[0][0] or str(results[0][1].get("split", "")), results[0][1]
+    chosen = next(((where, result) for where, result in results if result.get("split") == "test"), results[0])
+    where, result = chosen
+    if isinstance(run.metrics, dict) and isinstance(run.metrics.get("backbone"), str) and "." not in where and "[" not in where:
+        # A single-model run (fine-tuning): name the model rather than the key.
+        strategy = run.metrics.get("strategy")
+        return f"{run.metrics['backbone']}" + (f" ({strategy})" if isinstance(strategy, str) else ""), result
+    return where or str(result.get("split", "")), result
 
 
 # ----- writing predictions for the report -------------------------------------------------------
@@ -396,12 +400,17 @@ def _overview_section(run: RunFiles) -> Section | None:
             chips.append(("examples", _fmt(result.get("n"))))
     if isinstance(run.metrics, dict) and not found:
         for key, value in _scalars(run.metrics)[:8]:
-            chips.append((key, _fmt(value)))
-    if not chips and not run.notes:
+            chips.append((key, _fmt(value, key)))
+    facts = []
+    if isinstance(run.metrics, dict):
+        facts = [(k, v) for k, v in run.metrics.items() if k not in ("out",) and (isinstance(v, (str, int, float, bool)))]
+    if not chips and not facts and not run.notes:
         return None
     body = '<div class="chips">' + "".join(
         f'<div class="chip"><span>{_e(label)}</span><b>{_e(value)}</b></div>' for label, value in chips
     ) + "</div>"
+    if facts:
+        body += _kv_table(facts)
     body += "".join(f'<p class="note">{_e(note)}</p>' for note in run.notes)
     return Section("overview", "Overview", body)
 
@@ -418,9 +427,17 @@ def _scalars(data: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tup
     return out
 
 
+def run_dataset(run: RunFiles) -> dict[str, Any] | None:
+    """The dataset summary of ``metrics.json``, else of ``rank.json``."""
+    for document in (run.metrics, run.rank):
+        if isinstance(document, dict) and isinstance(document.get("dataset"), dict):
+            return document["dataset"]
+    return None
+
+
 def _dataset_section(run: RunFiles) -> Section | None:
-    dataset = (run.metrics or {}).get("dataset") if isinstance(run.metrics, dict) else None
-    if not isinstance(dataset, dict):
+    dataset = run_dataset(run)
+    if dataset is None:
         return None
     classes = [str(c) for c in dataset.get("classes") or []]
     counts = dataset.get("counts") or {}
@@ -434,6 +451,7 @@ def _dataset_section(run: RunFiles) -> Section | None:
         rows = [[name, *[counts[s].get(name, 0) for s in splits]] for name in classes]
         rows.append(["total", *[sum(counts[s].values()) for s in splits]])
         body += _table(["class", *splits], rows, numeric_from=1, css="data compact")
+    body = f'<div class="side">{body}</div>'
     if skipped:
         listed = "".join(f"<li><code>{_e(s.get('item'))}</code>: {_e(s.get('reason'))}</li>" for s in skipped[:200])
         more = f"<li>… and {len(skipped) - 200} more</li>" if len(skipped) > 200 else ""
@@ -493,6 +511,57 @@ def _pick(columns: Sequence[str], wanted: Sequence[str]) -> str | None:
     return None
 
 
+RANK_HIDDEN = ("n_samples", "cost.image_size", "cost.batch_size", "cost.device", "cost.threads", "cost_error")
+
+
+@dataclass
+class ParetoAxes:
+    """One Pareto plot of a ranking: the score (y) and cost (x) columns and the front's flag column."""
+
+    score: str
+    cost: str
+    front: str | None
+    higher_cost_is_better: bool
+
+
+def pareto_axes(rank: Any, columns: Sequence[str]) -> list[ParetoAxes]:
+    """The Pareto plots a ranking asks for.
+
+    ``rank.json`` may name them as ``"pareto_axes": {"pareto": "combined vs MACs", ...}``: each
+    key is the column flagging the front, each value ``"<score> vs <cost>"``. Without that, the
+    first accuracy-like column (``probe_accuracy``, ``accuracy``, ``combined``, ...) against the
+    first cost column (MACs, params, ms per image, ...) or throughput (images/s).
+    """
+    found: list[ParetoAxes] = []
+    declared = rank.get("pareto_axes") if isinstance(rank, dict) else None
+    if isinstance(declared, dict):
+        for flag, text in declared.items():
+            match = re.match(r"\s*(.+?)\s+vs\.?\s+(.+?)\s*$", str(text))
+            if not match:
+                continue
+            score = _pick(columns, (_column_word(match.group(1)),))
+            cost = _pick(columns, (_column_word(match.group(2)),))
+            if score and cost:
+                found.append(ParetoAxes(score, cost, flag if flag in columns else None, _is_speed(cost)))
+    if found:
+        return found
+    score = _pick(columns, SCORE_KEYS)
+    cost = _pick(columns, COST_KEYS) or _pick(columns, SPEED_KEYS)
+    if score and cost:
+        front = _pick(columns, FRONT_KEYS)
+        found.append(ParetoAxes(score, cost, front, _is_speed(cost)))
+    return found
+
+
+def _column_word(text: str) -> str:
+    """``"images/s"`` -> ``images_per_s``; ``"MACs"`` -> ``macs``."""
+    return text.strip().lower().replace("/", "_per_").replace(" ", "_").replace("-", "_")
+
+
+def _is_speed(column: str) -> bool:
+    return column.lower().split(".")[-1] in SPEED_KEYS
+
+
 def _rank_section(run: RunFiles) -> Section | None:
     if run.rank is None:
         return None
@@ -505,53 +574,110 @@ def _rank_section(run: RunFiles) -> Section | None:
     if rank_column and all(_number(row.get(rank_column)) is not None for row in rows):
         rows = sorted(rows, key=lambda row: _number(row[rank_column]))
     name_column = _pick(columns, NAME_KEYS) or columns[0]
-    score_column = _pick(columns, SCORE_KEYS)
-    cost_column = _pick(columns, COST_KEYS)
-    speed_column = _pick(columns, SPEED_KEYS)
-    front_column = _pick(columns, FRONT_KEYS)
-    ordered = [c for c in (rank_column, name_column) if c] + [c for c in columns if c not in (rank_column, name_column)]
+    axes = pareto_axes(run.rank, columns)
+    shown = [c for c in columns if c not in RANK_HIDDEN and not c.startswith("seconds.")
+             and not (c == "backbone" and name_column != "backbone")
+             and any(row.get(c) not in (None, "") for row in rows)]
+    ordered = [c for c in (rank_column, name_column) if c] + [c for c in shown if c not in (rank_column, name_column)]
+    reasons: dict[tuple[str, str], list[str]] = {}
+    for row in rows:
+        for column in ordered:
+            value = row.get(column)
+            if isinstance(value, str) and value.startswith("n/a: "):
+                reasons.setdefault((column, value[5:]), []).append(str(row.get(name_column)))
+    front_column = axes[0].front if axes else None
     front_rows = {i for i, row in enumerate(rows) if front_column and row.get(front_column) is True}
     body = ""
-    meta = {k: v for k, v in run.rank.items() if k not in RANK_ROW_KEYS} if isinstance(run.rank, dict) else {}
-    meta_facts = [(k, v) for k, v in meta.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
-    if meta_facts:
-        body += _kv_table(meta_facts)
+    if isinstance(run.rank, dict):
+        facts = _rank_facts(run.rank, rows)
+        if facts:
+            body += _kv_table(facts)
     body += _table(
         ordered,
-        [[_fmt(row.get(c), c) for c in ordered] for row in rows],
+        [["n/a" if isinstance(row.get(c), str) and row[c].startswith("n/a: ") else _fmt(row.get(c), c) for c in ordered] for row in rows],
         numeric_from=1,
         highlight={i: "front" for i in front_rows},
+        short_headers=True,
     )
+    if reasons:
+        body += '<ul class="note">' + "".join(
+            f"<li><code>{_e(column)}</code> is n/a for {_e(', '.join(names))}: {_e(reason)}</li>" for (column, reason), names in reasons.items()
+        ) + "</ul>"
     if front_rows:
-        body += '<p class="note">Highlighted rows are on the accuracy-versus-cost Pareto front.</p>'
-    cost_label = cost_column
-    costs: list[float | None] = [(_number(row.get(cost_column)) if cost_column else None) for row in rows]
-    if (cost_column is None or all(c is None for c in costs)) and speed_column:
-        costs = [1000.0 / s if (s := _number(row.get(speed_column))) else None for row in rows]
-        cost_label = f"ms per image (from {speed_column})"
-    known = [c for c in costs if c is not None]
-    if cost_label and "param" in cost_label.lower() and known and max(known) >= 1e5:
-        costs = [None if c is None else c / 1e6 for c in costs]
-        cost_label += " (millions)"
-    if score_column:
-        points = [(i, c, _number(rows[i].get(score_column))) for i, c in enumerate(costs)]
-        points = [(i, c, s) for i, c, s in points if c is not None and s is not None]
-        if len(points) >= 2:
-            from headstart.evaluate import plots
-
-            index = [i for i, _, _ in points]
-            front = [index.index(i) for i in front_rows if i in index] if front_rows else None
-            png = plots.pareto_png(
-                [_candidate_label(rows[i], name_column, columns) for i in index], [c for _, c, _ in points],
-                [s for _, _, s in points], cost_label or "cost", score_column, front=front,
-            )
-            body += _img(png, f"{score_column} against {cost_label}") if png else _no_plots()
-        else:
-            body += f'<p class="note">No Pareto plot: fewer than two candidates have both {_e(score_column)} and a cost.</p>'
-    else:
-        body += '<p class="note">No Pareto plot: rank.json has no accuracy or score column '  \
-                f'(looked for {", ".join(SCORE_KEYS[:6])}, …).</p>'
+        body += (f'<p class="note">Highlighted rows are on the Pareto front of {_e(axes[0].score)} against '
+                 f"{_e(axes[0].cost)} (column <code>{_e(front_column)}</code>).</p>")
+    errors = [(row.get(name_column), row.get("cost_error")) for row in rows if row.get("cost_error")]
+    skipped = run.rank.get("skipped") if isinstance(run.rank, dict) else None
+    if errors:
+        body += '<p class="note">No cost for ' + "; ".join(f"{_e(n)}: {_e(e)}" for n, e in errors) + ".</p>"
+    if isinstance(skipped, list) and skipped:
+        items = "".join(f"<li><code>{_e(s.get('candidate'))}</code>: {_e(s.get('reason'))}</li>" for s in skipped if isinstance(s, dict))
+        body += f"<details open><summary>{len(skipped)} candidate(s) skipped</summary><ul>{items}</ul></details>"
+    if not axes:
+        body += ('<p class="note">No Pareto plot: rank.json has no score and cost columns '
+                 f'(looked for {", ".join(SCORE_KEYS[:6])}, … and {", ".join(COST_KEYS[:6])}, …).</p>')
+    for axis in axes:
+        body += _pareto_plot(rows, name_column, columns, axis)
     return Section("rank", "Backbone ranking", body)
+
+
+def _rank_facts(rank: dict[str, Any], rows: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    facts: list[tuple[str, Any]] = []
+    combination = rank.get("combination")
+    if isinstance(combination, dict) and combination.get("description"):
+        facts.append(("combined score", combination["description"]))
+    sample = rank.get("sample")
+    if isinstance(sample, dict):
+        facts.append(("sample", ", ".join(f"{k} {v}" for k, v in sample.items())))
+    for key, value in rank.items():
+        if key in ("schema_version", "pareto_axes") or key in RANK_ROW_KEYS:
+            continue
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            facts.append((key, value))
+    devices = {str(row.get("cost.device")) for row in rows if row.get("cost.device")}
+    if devices:
+        threads = {str(row.get("cost.threads")) for row in rows if row.get("cost.threads")}
+        batch = {str(row.get("cost.batch_size")) for row in rows if row.get("cost.batch_size")}
+        facts.append(("cost measured on", f"{', '.join(sorted(devices))}"
+                      + (f", {', '.join(sorted(threads))} threads" if threads else "")
+                      + (f", batch {', '.join(sorted(batch))}" if batch else "")))
+    return facts
+
+
+def _pareto_plot(rows: list[dict[str, Any]], name_column: str, columns: Sequence[str], axis: ParetoAxes) -> str:
+    from headstart.evaluate import plots
+
+    points = [(i, _number(row.get(axis.cost)), _number(row.get(axis.score))) for i, row in enumerate(rows)]
+    points = [(i, c, s) for i, c, s in points if c is not None and s is not None]
+    if len(points) < 2:
+        return f'<p class="note">No Pareto plot of {_e(axis.score)} against {_e(axis.cost)}: fewer than two candidates have both.</p>'
+    costs = [c for _, c, _ in points]
+    cost_label = axis.cost
+    scale = _unit(axis.cost, max(abs(c) for c in costs))
+    if scale:
+        divisor, unit = scale
+        costs = [c / divisor for c in costs]
+        cost_label = f"{axis.cost} ({unit})"
+    front = None
+    if axis.front:
+        front = [k for k, (i, _, _) in enumerate(points) if rows[i].get(axis.front) is True]
+    png = plots.pareto_png(
+        [_candidate_label(rows[i], name_column, columns) for i, _, _ in points], costs, [s for _, _, s in points],
+        cost_label, axis.score, front=front, higher_cost_is_better=axis.higher_cost_is_better,
+        title=f"{axis.score} versus {axis.cost}",
+    )
+    return _img(png, f"{axis.score} against {axis.cost}") if png else _no_plots()
+
+
+def _unit(column: str, largest: float) -> tuple[float, str] | None:
+    lowered = column.lower()
+    if "bytes" in lowered and largest >= 1e6:
+        return 1e6, "MB"
+    if ("macs" in lowered or "flops" in lowered) and largest >= 1e6:
+        return (1e9, "G") if largest >= 1e9 else (1e6, "M")
+    if "param" in lowered and largest >= 1e5:
+        return 1e6, "millions"
+    return None
 
 
 def _candidate_label(row: dict[str, Any], name_column: str, columns: Sequence[str]) -> str:
@@ -656,21 +782,43 @@ def _curves_section(run: RunFiles) -> Section | None:
     from headstart.evaluate import plots
 
     body = ""
+    metrics = run.metrics if isinstance(run.metrics, dict) else {}
+    names = policy_phase_names(metrics.get("policy"))
+    best_epoch = _number(metrics.get("best_epoch"))
     for log in run.logs:
         phase_column, phases = log_phases(log)
+        if names and phase_column:
+            phases = [(start, end, names.get(label.split()[-1], label)) for start, end, label in phases]
         x, series = log_series(log, phase_column)
         if not series:
             body += f'<p class="note">{_e(log.name)}: no numeric columns to draw.</p>'
             continue
-        png = plots.curves_png(x, series, log.x_name, phases, title=log.name)
+        marks = [(best_epoch, "best")] if best_epoch is not None and log.x_name.lower().startswith("epoch") else []
+        png = plots.curves_png(x, series, log.x_name, phases, title=log.name, marks=marks)
         body += _img(png, f"training curves from {log.name}") if png else _no_plots()
         if phases:
-            body += '<p class="note">Phases from column <code>' + _e(phase_column) + "</code>: " + "; ".join(
-                f"{_e(label)} from {log.x_name} {start:g}" for start, _, label in phases) + ".</p>"
-        last = log.rows[-1]
-        body += _kv_table([(k, _fmt(_number(v) if _number(v) is not None else v, k)) for k, v in last.items() if k],
-                          caption=f"last row of {log.name}")
+            body += '<p class="note">Phases (column <code>' + _e(phase_column) + "</code>): " + "; ".join(
+                f"{_e(label)} from {log.x_name} {math.ceil(start):g}" for start, _, label in phases) + ".</p>"
+        if marks:
+            body += f'<p class="note">The kept weights are those of {_e(log.x_name)} {best_epoch:g} (best validation metric).</p>'
+        last = _numbers(log.rows[-1])
+        body += _kv_table([(k, v) for k, v in last.items() if k], caption=f"last row of {log.name}")
     return Section("curves", "Training curves", body)
+
+
+def policy_phase_names(policy: Any) -> dict[str, str]:
+    """Phase number to a readable name from a fine-tuning policy's ``trainable`` and ``unfreeze``.
+
+    Phase 0 trains ``trainable``; phase k adds the k-th entry of the ``unfreeze`` schedule (by epoch).
+    """
+    if not isinstance(policy, dict) or not isinstance(policy.get("unfreeze"), dict):
+        return {}
+    trainable = policy.get("trainable") or []
+    names = {"0": "train " + ", ".join(str(p) for p in trainable) if trainable else "phase 0"}
+    schedule = sorted(policy["unfreeze"].items(), key=lambda item: _number(item[0]) or 0)
+    for k, (_, patterns) in enumerate(schedule, start=1):
+        names[str(k)] = "+ " + ", ".join(str(p) for p in (patterns if isinstance(patterns, list) else [patterns]))
+    return names
 
 
 # ----- confusion, per-class, reliability --------------------------------------------------------
@@ -846,7 +994,7 @@ header h1 { margin:0; font-size:20px; font-weight:600; }
 header p { margin:4px 0 0; color:#cbd5e1; font-size:13px; }
 nav { padding:8px 28px; background:#fff; border-bottom:1px solid var(--line); position:sticky; top:0; z-index:1; }
 nav a { color:var(--accent); margin-right:14px; text-decoration:none; font-size:13px; }
-main { padding:8px 28px 40px; max-width:1240px; }
+main { padding:8px 28px 40px; max-width:1320px; }
 section { background:#fff; border:1px solid var(--line); border-radius:8px; padding:14px 18px; margin:16px 0; }
 section h2 { margin:0 0 10px; font-size:16px; }
 table { border-collapse:collapse; margin:6px 0 10px; font-size:13px; }
@@ -862,6 +1010,7 @@ td.barcell { position:relative; min-width:90px; }
 td.barcell .bar { position:absolute; left:0; top:3px; bottom:3px; background:#dbeafe; border-radius:2px; }
 td.barcell span { position:relative; }
 .table-wrap { overflow-x:auto; }
+.side { display:flex; flex-wrap:wrap; gap:12px 40px; align-items:flex-start; }
 img.plot { max-width:100%; height:auto; display:block; margin:8px 0; }
 img.square { max-width:560px; }
 .chips { display:flex; flex-wrap:wrap; gap:10px; }
@@ -909,8 +1058,8 @@ def render_report(run_dir: str | Path) -> str:
 
 def _subtitle(run: RunFiles) -> str:
     parts = [str(run.path)]
-    dataset = run.metrics.get("dataset") if isinstance(run.metrics, dict) else None
-    if isinstance(dataset, dict) and dataset.get("source"):
+    dataset = run_dataset(run)
+    if dataset and dataset.get("source"):
         parts.append(f"data: {dataset['source']}")
     parts.append("rendered " + time.strftime("%Y-%m-%d %H:%M"))
     return " · ".join(parts)
@@ -1042,15 +1191,15 @@ def _fmt(value: Any, column: str = "") -> str:
         return ""
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        scale = _unit(column, abs(value))
+        if scale:
+            return f"{value / scale[0]:.2f} {scale[1].replace('millions', 'M')}"
     if isinstance(value, int):
-        if "param" in column.lower() and abs(value) >= 100_000:
-            return f"{value / 1e6:.2f}M"
         return f"{value:,}" if abs(value) >= 10_000 else str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             return "n/a"
-        if "param" in column.lower() and abs(value) >= 100_000:
-            return f"{value / 1e6:.2f}M"
         if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
             return f"{value:.3g}"
         if abs(value) >= 100:
@@ -1060,9 +1209,13 @@ def _fmt(value: Any, column: str = "") -> str:
 
 
 def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1, css: str = "data",
-           highlight: dict[int, str] | None = None, table_id: str | None = None) -> str:
+           highlight: dict[int, str] | None = None, table_id: str | None = None, short_headers: bool = False) -> str:
     highlight = highlight or {}
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    labels = list(columns)
+    if short_headers:
+        shorts = [c.split(".")[-1] for c in columns]
+        labels = [short if shorts.count(short) == 1 else column for short, column in zip(shorts, columns)]
+    head = "".join(f'<th title="{_e(c)}">{_e(label)}</th>' for c, label in zip(columns, labels))
     body = []
     for i, row in enumerate(rows):
         cells = []
