@@ -136,6 +136,9 @@ class Bundle:
     def load(cls, path: str | Path) -> Bundle:
         """Load a bundle directory; the backbone itself loads on first use.
 
+        A detection or segmentation bundle (``"task"`` in bundle.json) loads as a
+        :class:`headstart.tasks.TaskBundle`, which predicts with the same ``predict_batch`` contract.
+
         Raises:
             DataError: The folder is not a bundle.
         """
@@ -148,6 +151,11 @@ class Bundle:
         if not document_path.is_file():
             raise DataError(f"{path} is not a headstart bundle (no bundle.json). Give the --out folder of a probe or finetune run.")
         document = json.loads(document_path.read_text())
+        if document.get("task", "classification") != "classification":
+            # Detection and segmentation bundles: same folder layout idea, same predict_batch contract.
+            from headstart.tasks.bundles import TaskBundle
+
+            return TaskBundle.load(path, document)  # type: ignore[return-value]
         if document.get("format", 0) > BUNDLE_FORMAT:
             raise DataError(f"{path} was written by a newer headstart (format {document['format']}); upgrade headstart.")
         head = head_from_state(load_file(str(path / "head.safetensors")), document["head"])

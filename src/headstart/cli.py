@@ -179,8 +179,9 @@ def predict_cmd(
     trust_remote_code: TrustRemoteCode = False,
     json_out: Json = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for predictions.json and, for detection and segmentation bundles, images with boxes drawn or masks and overlays.")] = None,
 ) -> None:
-    """Predict labels with a saved bundle; unreadable inputs are reported and skipped."""
+    """Predict with a saved bundle (classification, detection or segmentation); unreadable inputs are reported and skipped."""
     from headstart.bundle import Bundle
     from headstart.data.sources import IMAGE_EXTENSIONS
     from headstart.data.text_sources import read_texts
@@ -219,6 +220,14 @@ def predict_cmd(
             f"(e.g. echo 'some text' | headstart predict {bundle} -)."
         )
     results = model.predict_batch(paths, top_k=top_k)
+    if out is not None:
+        write_outputs = getattr(model, "write_outputs", None)
+        if write_outputs is not None:
+            write_outputs(results, out)
+        else:
+            from headstart.features.store import atomic_write_json
+
+            atomic_write_json(out / "predictions.json", {"task": "classification", "bundle": str(bundle), "predictions": [r.to_dict() for r in results]})
     if json_out:
         print_json([r.to_dict() for r in results])
     elif csv_out:

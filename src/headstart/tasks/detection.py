@@ -8,7 +8,7 @@ torchvision's ``FasterRCNN`` (the default), ``RetinaNet`` or ``FCOS``. Only size
   strides 8 to 64), three aspect ratios; FCOS uses one point per location;
 * the detector's own transform resizes images so the shorter side is ``image_size`` and normalises
   with the backbone spec's mean and std (the weights carry their preprocessing);
-* Faster R-CNN samples 128 regions per image and keeps 1000/500 proposals (train/test), which
+* Faster R-CNN samples 64 regions per image and keeps 1000/500 proposals (train/test), which
   suits few-object images; the box head's width is ``4 x fpn_channels``.
 
 Class labels are 0-based class indices everywhere in headstart; the torchvision models see
@@ -103,7 +103,7 @@ def build_detector(
             rpn_post_nms_top_n_train=500,
             rpn_pre_nms_top_n_test=500,
             rpn_post_nms_top_n_test=300,
-            box_batch_size_per_image=128,
+            box_batch_size_per_image=64,
             **common,
         )
     elif arch == "retinanet":

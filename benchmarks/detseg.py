@@ -1,0 +1,160 @@
+"""Detection and segmentation: does an ImageNet backbone beat the same network from random init?
+
+Setup (the issue's): ``builtin:animal-scenes`` (synthetic: Animal-MNIST silhouettes on crops of real
+photographs), 300 training and 100 test scenes of 128 px; the test scenes use silhouettes that no
+training scene uses. 10% of the training scenes are held out for validation (the best epoch is kept).
+
+For each backbone, ``tv:mobilenet_v2.IMAGENET1K_V1`` (ImageNet, sha256-checked offline weights)
+and ``tv:mobilenet_v2@random`` (the same architecture, seeded random init), with the same settings:
+
+* detection: Faster R-CNN + FPN (128 channels), AdamW, everything trains (BatchNorm statistics
+  frozen for the pretrained backbone, trained for the random one: the policy's defaults);
+* segmentation: the light FPN decoder, same policy defaults.
+
+Each backbone gets a CPU budget of at most 10 minutes in all (detection and segmentation
+together), measured as the process's CPU time (``time.process_time``, all threads) so that a shared
+machine does not change the amount of work; ``max_cpu_seconds`` stops a run that would overrun.
+Reported: test mAP@0.5 (and mAP, COCO-style, crowd regions ignored) and test mIoU (and pixel
+accuracy), the margins, CPU and wall seconds. Results are appended to ``benchmarks/RESULTS.md``
+under "## Detection and segmentation" (that section only is replaced).
+
+Usage:
+    .venv/bin/python benchmarks/detseg.py            # the full run (about 20 CPU-minutes)
+    .venv/bin/python benchmarks/detseg.py --quick    # 40/20 scenes, 1 epoch: a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+os.environ.setdefault("HEADSTART_OFFLINE", "1")
+
+BACKBONES = ("tv:mobilenet_v2.IMAGENET1K_V1", "tv:mobilenet_v2@random")
+SECTION = "## Detection and segmentation"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=int, default=300)
+    parser.add_argument("--test", type=int, default=100)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--det-epochs", type=int, default=4)
+    parser.add_argument("--seg-epochs", type=int, default=6)
+    parser.add_argument("--det-cpu", type=float, default=360.0, help="CPU seconds for detection, per backbone")
+    parser.add_argument("--seg-cpu", type=float, default=240.0, help="CPU seconds for segmentation, per backbone")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-detseg"))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-record", action="store_true", help="do not write benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.train, args.test, args.det_epochs, args.seg_epochs = 40, 20, 1, 1
+    torch.set_num_threads(args.threads)
+
+    from headstart.tasks import animal_scenes, train_detector, train_segmenter
+
+    tick = time.perf_counter()
+    scenes = animal_scenes(n_train=args.train, n_test=args.test, size=args.size, seed=args.seed)
+    print(f"generated {len(scenes)} scenes in {time.perf_counter() - tick:.1f} s: {scenes.summary()['counts']}", flush=True)
+    rows = {}
+    for name in BACKBONES:
+        det = train_detector(
+            scenes, name, epochs=args.det_epochs, batch_size=4, lr=1e-3, fpn_channels=128, image_size=args.size,
+            max_cpu_seconds=args.det_cpu, seed=args.seed, out=args.out / _slug(name) / "detect",
+        )
+        seg = train_segmenter(
+            scenes, name, epochs=args.seg_epochs, batch_size=8, lr=1e-3, image_size=args.size,
+            max_cpu_seconds=args.seg_cpu, seed=args.seed, out=args.out / _slug(name) / "segment",
+        )
+        rows[name] = {"detection": _summary(det), "segmentation": _summary(seg)}
+        print(json.dumps({name: rows[name]}, indent=1), flush=True)
+    report = _report(rows, args)
+    print(report)
+    if not args.no_record and not args.quick:
+        _record(report)
+
+
+def _slug(name: str) -> str:
+    return name.replace(":", "-").replace("@", "-").replace(".", "-")
+
+
+def _summary(result) -> dict:
+    test = result.test or {}
+    keys = ("map_50", "map") if result.task == "detection" else ("miou", "pixel_accuracy")
+    return {
+        **{k: test.get(k) for k in keys},
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "steps": sum(row["steps"] for row in result.history),
+        "stopped_by_budget": result.stopped_by_budget,
+        "cpu_seconds": round(result.cpu_seconds, 1),
+        "wall_seconds": round(result.seconds, 1),
+    }
+
+
+def _report(rows: dict, args) -> str:
+    pre, rand = (rows[name] for name in BACKBONES)
+    lines = [
+        SECTION,
+        "",
+        f"`benchmarks/detseg.py` ({time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}). Data: `builtin:animal-scenes` (**synthetic**: Animal-MNIST silhouettes pasted on crops of real "
+        f"photographs), {args.train} training / {args.test} test scenes of {args.size} px, test silhouettes unseen in training; "
+        "10% of training held out for validation. Same settings for both backbones; the budget is process CPU time "
+        f"(detection ≤ {args.det_cpu:.0f} s + segmentation ≤ {args.seg_cpu:.0f} s = ≤ {(args.det_cpu + args.seg_cpu) / 60:.0f} CPU-minutes per backbone).",
+        "",
+        "| backbone | det mAP@0.5 | det mAP | seg mIoU | seg pixel acc. | det epochs (steps) | seg epochs (steps) | CPU s (det + seg) | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in BACKBONES:
+        d, s = rows[name]["detection"], rows[name]["segmentation"]
+        lines.append(
+            f"| `{name}` | {_f(d['map_50'])} | {_f(d['map'])} | {_f(s['miou'])} | {_f(s['pixel_accuracy'])} | "
+            f"{d['epochs_run']} ({d['steps']}){' budget' if d['stopped_by_budget'] else ''} | {s['epochs_run']} ({s['steps']}){' budget' if s['stopped_by_budget'] else ''} | "
+            f"{d['cpu_seconds']:.0f} + {s['cpu_seconds']:.0f} | {d['wall_seconds'] + s['wall_seconds']:.0f} |"
+        )
+    det_margin = _diff(pre["detection"]["map_50"], rand["detection"]["map_50"])
+    seg_margin = _diff(pre["segmentation"]["miou"], rand["segmentation"]["miou"])
+    lines += [
+        "",
+        f"Margins (ImageNet minus random init): detection mAP@0.5 **{det_margin}**, segmentation mIoU **{seg_margin}**.",
+        "One run each (seed 0). Wall time depends on the load of the shared machine; CPU time does not.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _diff(a, b) -> str:
+    if a is None or b is None:
+        return "n/a"
+    return f"{a - b:+.3f}"
+
+
+def _record(report: str) -> None:
+    path = Path(__file__).with_name("RESULTS.md")
+    text = path.read_text() if path.is_file() else "# Benchmark results\n"
+    if SECTION in text:
+        before, _, rest = text.partition(SECTION)
+        following = rest.find("\n## ")
+        after = rest[following + 1 :] if following >= 0 else ""
+        text = before + report + ("\n" + after if after else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + report
+    path.write_text(text)
+    print(f"recorded in {path}")
+
+
+if __name__ == "__main__":
+    main()
