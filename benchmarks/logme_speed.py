@@ -22,7 +22,7 @@ import numpy as np
 from headstart.select.scores import logme
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_scores import reference_logme  # noqa: E402
+from test_scores import reference_logme
 
 
 def synthetic_features(
@@ -55,9 +55,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference-samples", type=int, default=5_000)
     parser.add_argument("--reference-features", type=int, default=256)
-    parser.add_argument(
-        "--check-float64", action="store_true", help="also score the large case in float64 and compare"
-    )
+    parser.add_argument("--check-float64", action="store_true", help="also score the large case in float64 and compare")
     args = parser.parse_args()
 
     # Timings on a shared machine: the load average says how many other processes competed.
@@ -71,24 +69,30 @@ def main() -> None:
         score, elapsed = timed(logme, features, labels)
         seconds.append(elapsed)
     cpu_per_call = (time.process_time() - cpu_start) / args.repeats
-    print(f"  headstart logme: {score:.10f}  seconds: " + ", ".join(f"{s:.2f}" for s in seconds)
-          + f"  (best {min(seconds):.2f}; CPU time per call {cpu_per_call:.2f})")
+    print(
+        f"  headstart logme: {score:.10f}  seconds: "
+        + ", ".join(f"{s:.2f}" for s in seconds)
+        + f"  (best {min(seconds):.2f}; CPU time per call {cpu_per_call:.2f})"
+    )
     if args.check_float64:
         exact, elapsed = timed(logme, features.astype(np.float64), labels)
-        print(f"  float64 logme:   {exact:.10f}  seconds: {elapsed:.2f}  "
-              f"relative difference: {abs(score - exact) / abs(exact):.1e}")
+        print(
+            f"  float64 logme:   {exact:.10f}  seconds: {elapsed:.2f}  "
+            f"relative difference: {abs(score - exact) / abs(exact):.1e}"
+        )
     del features
 
     small, small_labels = synthetic_features(
         args.reference_samples, args.reference_features, min(args.classes, 20), dtype=np.float64, seed=1
     )
-    print(f"small case: {args.reference_samples} x {args.reference_features} float64, "
-          f"{min(args.classes, 20)} classes")
+    print(f"small case: {args.reference_samples} x {args.reference_features} float64, {min(args.classes, 20)} classes")
     expected, reference_seconds = timed(reference_logme, small, small_labels)
     score, elapsed = timed(logme, small, small_labels)
     print(f"  reference logme: {expected:.10f}  seconds: {reference_seconds:.2f}")
-    print(f"  headstart logme: {score:.10f}  seconds: {elapsed:.2f}  "
-          f"relative difference: {abs(score - expected) / abs(expected):.1e}")
+    print(
+        f"  headstart logme: {score:.10f}  seconds: {elapsed:.2f}  "
+        f"relative difference: {abs(score - expected) / abs(expected):.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -134,9 +134,7 @@ def test_logme_does_not_depend_on_label_names():
 # Every score: informative features rank above less informative ones
 # --------------------------------------------------------------------------------------------------
 
-SCORE_CASES = [pytest.param(name, True, id=name) for name in SCORES] + [
-    pytest.param("nce", False, id="nce-kmeans")
-]
+SCORE_CASES = [pytest.param(name, True, id=name) for name in SCORES] + [pytest.param("nce", False, id="nce-kmeans")]
 
 
 def evaluate(name: str, with_logits: bool, features: np.ndarray, labels: np.ndarray) -> float:

@@ -339,9 +339,7 @@ def _mackay_log_step(log_ratio: np.ndarray, spectrum: _Spectrum) -> np.ndarray:
     gamma, n_minus_gamma, mean_norm2, residual = _logme_terms(np.exp(log_ratio), spectrum)
     step = np.full_like(log_ratio, np.inf)  # |m|^2 = 0: the features cannot fit y; t grows without end
     fits = mean_norm2 > 0
-    step[fits] = (
-        np.log(gamma[fits] * residual[fits]) - np.log(n_minus_gamma[fits] * mean_norm2[fits]) - log_ratio[fits]
-    )
+    step[fits] = np.log(gamma[fits] * residual[fits]) - np.log(n_minus_gamma[fits] * mean_norm2[fits]) - log_ratio[fits]
     return step
 
 
@@ -751,8 +749,7 @@ _NEED_SOURCE_LOGITS = frozenset({"leep"})
 def _check_name(name: str) -> None:
     if name not in SCORES:
         raise UnknownScoreError(
-            f"Unknown transferability score {name!r}. Known scores: {', '.join(SCORES)}."
-            + did_you_mean(name, SCORES)
+            f"Unknown transferability score {name!r}. Known scores: {', '.join(SCORES)}." + did_you_mean(name, SCORES)
         )
 
 
