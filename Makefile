@@ -10,13 +10,15 @@ ASSETS := $(VENV)/share/headstart
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile scripts/install_assets.sh
+$(STAMP): pyproject.toml Makefile scripts/install_assets.sh scripts/install_browser.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch and torchvision first, pinned to a matching pair (the machine image keeps these wheels on disk).
 	$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PIP) install -q -e ".[test]"
 	bash scripts/install_assets.sh $(PY) $(ASSETS)
+	# Headless Chromium for the report's browser test; never fatal (the test skips with the reason).
+	-bash scripts/install_browser.sh
 	touch $(STAMP)
 
 demo: setup

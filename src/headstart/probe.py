@@ -166,9 +166,11 @@ def probe(
         raise DataError("Name at least one backbone, e.g. --backbone tv:mobilenet_v2.IMAGENET1K_V1.")
     store = store or FeatureStore()
     runs: list[ProbeRun] = []
+    skipped: dict[tuple[str, str], None] = dict.fromkeys(data.skipped)
     for name in backbones:
         backbone = load_backbone(name)
         features = extract(backbone, data, layer=layer, pool=pool, image_size=image_size, store=store, quiet=quiet)
+        skipped.update(dict.fromkeys(features.skipped))
         for head_name in heads:
             head, result, fit_seconds = fit_and_evaluate(features, head_name, seed, (head_params or {}).get(head_name))
             bundle = Bundle(
@@ -189,7 +191,10 @@ def probe(
                     test_predictions=predict_test_rows(features, head),
                 )
             )
-    report = ProbeReport(runs=runs, dataset=data.summary(), data=data)
+    dataset = data.summary()
+    # Items that failed to decode during extraction were skipped too: list them with the listing's.
+    dataset["skipped"] = [{"item": item, "reason": reason} for item, reason in skipped]
+    report = ProbeReport(runs=runs, dataset=dataset, data=data)
     if out is not None:
         write_run(report, Path(out))
     return report

@@ -152,7 +152,10 @@ def read_run(path: str | Path) -> RunFiles:
         else:
             run.predictions = rows
     if (path / PREDICTION_IMAGE_DIR).is_dir():
-        run.prediction_images = sorted(p for p in (path / PREDICTION_IMAGE_DIR).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        pictures = sorted(p for p in (path / PREDICTION_IMAGE_DIR).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        names = {p.name for p in pictures}
+        # A class-index mask is near black to the eye: show its overlay instead, where there is one.
+        run.prediction_images = [p for p in pictures if not (p.name.endswith(".mask.png") and p.name[:-9] + ".overlay.png" in names)]
     found = run.metrics or run.manifest or run.results or run.rank is not None or run.logs or run.predictions or run.prediction_images
     if not found:
         raise DataError(
@@ -851,10 +854,28 @@ def _top_confusions(matrix: Sequence[Sequence[int]], labels: Sequence[str], k: i
     return sorted(pairs, key=lambda pair: -pair[2])[:k]
 
 
+def _task_per_class(run: RunFiles) -> Section | None:
+    """Per-class AP (detection) or IoU (segmentation): ``test.per_class`` as a dict, or ``test.per_class_iou``."""
+    test = run.metrics.get("test") if isinstance(run.metrics, dict) else None
+    if not isinstance(test, dict):
+        return None
+    per_class = test.get("per_class")
+    if isinstance(per_class, dict) and per_class and all(isinstance(v, dict) for v in per_class.values()):
+        columns = list(dict.fromkeys(k for v in per_class.values() for k in v))
+        rows = [[name, *[_fmt(values.get(c), c) for c in columns]] for name, values in per_class.items()]
+        title = "Per-class AP" if any("ap" in c for c in columns) else "Per-class metrics"
+        return Section("per-class", title, _table(["class", *columns], rows, numeric_from=1))
+    iou = test.get("per_class_iou")
+    if isinstance(iou, dict) and iou:
+        rows = [[name, "n/a" if value is None else _fmt(value, "iou")] for name, value in iou.items()]
+        return Section("per-class", "Per-class IoU", _table(["class", "IoU"], rows, numeric_from=1))
+    return None
+
+
 def _per_class_section(run: RunFiles) -> Section | None:
     found = main_result(run)
     if not found:
-        return None
+        return _task_per_class(run)
     where, result = found
     per_class = result.get("per_class") or []
     if not per_class:
@@ -979,7 +1000,7 @@ def _manifest_section(run: RunFiles) -> Section | None:
     runs = manifest.get("runs")
     if isinstance(runs, list) and runs and all(isinstance(r, dict) for r in runs):
         columns = list(dict.fromkeys(k for r in runs for k in r))
-        body += _table(columns, [[_fmt(r.get(c), c) for c in columns] for r in runs], numeric_from=2, css="data compact")
+        body += _table(columns, [[_short_hash(_fmt(r.get(c), c)) for c in columns] for r in runs], numeric_from=2, css="data compact")
     return Section("manifest", "Run details", f"<details open><summary>manifest.json</summary>{body}</details>")
 
 
@@ -1226,6 +1247,11 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: 
         body.append(f"<tr{row_css}>{''.join(cells)}</tr>")
     id_attr = f' id="{table_id}"' if table_id else ""
     return f'<div class="table-wrap"><table{id_attr} class="{css}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+
+
+def _short_hash(text: str) -> str:
+    """A long hex digest (sha256, store key) cut to 12 characters; the full one is in manifest.json."""
+    return text[:12] + "…" if len(text) > 24 and re.fullmatch(r"[0-9a-f]+", text) else text
 
 
 def _kv_table(facts: Sequence[tuple[str, Any]], caption: str | None = None) -> str:
