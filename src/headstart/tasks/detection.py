@@ -131,7 +131,7 @@ def to_targets(boxes: np.ndarray, labels: np.ndarray, iscrowd: np.ndarray) -> di
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
     """A uint8 (H, W, 3) image as the float (3, H, W) tensor in [0, 1] that torchvision's detectors take."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return torch.tensor(np.asarray(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
 
 
 @torch.no_grad()

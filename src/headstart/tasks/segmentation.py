@@ -104,12 +104,12 @@ def build_segmenter(
 
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """An image (float, [0, 1], (3, S, S)) and its mask (long, (S, S), nearest) at ``size``."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    tensor = torch.tensor(np.asarray(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
     if tensor.shape[-2:] != (size, size):
         tensor = F.interpolate(tensor[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
     if mask is None:
         return tensor, None
-    target = torch.from_numpy(np.ascontiguousarray(mask)).long()
+    target = torch.tensor(np.asarray(mask)).long()
     if target.shape != (size, size):
         target = F.interpolate(target[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
     return tensor, target

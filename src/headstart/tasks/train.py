@@ -247,6 +247,11 @@ def task_policy(strategy: str | None, policy: FinetunePolicy | str | Path | None
         resolved = FinetunePolicy(trainable=trainable, bn=bn, strategy=f"trainable-stages-{trainable_stages}")
     else:
         resolved = FinetunePolicy(trainable=("*",), bn=bn, strategy="full")
+    if getattr(resolved, "lora_rank", 0):
+        raise PolicyError(
+            f"The policy adds LoRA adapters (lora_rank={resolved.lora_rank}), which headstart applies to transformer "
+            "linear layers in classification only; detection and segmentation train the convolutional trunk directly."
+        )
     if resolved.head_init != "random":
         raise PolicyError(
             f"head_init={resolved.head_init!r} ({resolved.strategy}) starts the head from a linear probe of pooled features; "
