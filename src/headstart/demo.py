@@ -60,6 +60,8 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
 
     seconds = time.perf_counter() - started
     console.print(f"demo finished in {seconds:.0f} s; store hits: {sum(r.store_hit for r in report.runs)}/{len(report.runs)} runs")
+    reports = _write_reports(out)
+    err_console.print(f"report: {reports[0]}  (open it in a browser; `headstart report {out}` renders it again)", highlight=False)
     return {
         "seconds": seconds,
         "best": best.row(),
@@ -67,6 +69,16 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
         "predictions": [{"true": t, "predicted": p} for t, p in zip(truth, predicted)],
         "agreement": float(np.mean([t == p for t, p in zip(truth, predicted)])),
     }
+
+
+def _write_reports(out: Path) -> list[Path]:
+    """The probe run's report.html (written by probe) and one for each sub-run directory with metrics, e.g. a fine-tune."""
+    from headstart.evaluate.report import write_report
+
+    reports = [out / "report.html"]
+    for sub_run in sorted(p for p in out.iterdir() if p.is_dir() and (p / "metrics.json").is_file()):
+        reports.append(write_report(sub_run))
+    return reports
 
 
 def print_probe_table(runs, title: str) -> None:
