@@ -39,7 +39,7 @@ def _bn(model: FinetuneModel) -> dict:
     return {name: module for name, module in model.policy_modules().items() if is_batchnorm(module)}
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "lora"])  # lora adapts linear layers: tests/test_text.py
 def test_every_strategy_compiles_and_starts_with_the_head_training(model, strategy):
     policy = strategy_policy(strategy, model.backbone.spec, epochs=6)
     compiled = policy.compile(model, lr=1e-3)

@@ -522,3 +522,92 @@ def test_tfidf_multilabel():
     Y = np.array([[(i >> j) & 1 for j in range(3)] for i in range(1, 8)] * 6)
     model = TfidfLogReg(random_state=0).fit(texts, Y)
     assert model.predict(["alpha gamma"]).tolist() == [[1, 0, 1]]
+
+
+# ----- fine-tuning ---------------------------------------------------------------------------------
+
+
+def test_text_policy_groups_last_n_and_layer_decay(tiny_bert):
+    from headstart.finetune import FinetuneModel, FinetunePolicy
+
+    model = FinetuneModel(load_backbone(f"hf:{tiny_bert}"), 2)
+    compiled = FinetunePolicy(trainable=("head", "last-n:1"), layer_decay=0.5).compile(model, lr=1e-3)
+    trainable, _ = compiled.phase(0)
+    assert trainable and all(n.startswith(("head.", "hf.encoder.layer.1.")) for n in trainable)
+    assert [g.name for g in compiled.groups] == ["stem", "hf.encoder.layer.0", "hf.encoder.layer.1", "head"]
+    assert compiled.lr_scale["head.weight"] == 1.0
+    assert compiled.lr_scale["hf.encoder.layer.1.attention.self.query.weight"] == 0.5
+    assert compiled.lr_scale["hf.encoder.layer.0.attention.self.query.weight"] == 0.25
+
+
+def test_lora_policy_trains_only_adapters_and_head(tiny_bert):
+    from headstart.finetune import FinetuneModel, FinetunePolicy, strategy_policy
+
+    model = FinetuneModel(load_backbone(f"hf:{tiny_bert}"), 2)
+    policy = strategy_policy("lora", model.backbone.spec, epochs=2)
+    assert policy.lora_rank == 8 and policy.lora_targets == ("query", "value") and policy.head_init == "probe"
+    trainable, _ = policy.compile(model, 1e-3).phase(0)
+    backbone_trained = sorted(n for n in trainable if not n.startswith("head."))
+    assert len(backbone_trained) == 2 * 2 * 2  # 2 layers x (query, value) x (lora_A, lora_B)
+    assert all(".lora_" in n for n in backbone_trained)
+    assert FinetunePolicy.from_dict(policy.to_dict()) == policy  # the LoRA settings round-trip with the policy
+    from headstart.errors import LayerError
+
+    with pytest.raises(LayerError, match="match no linear layer.*query"):
+        FinetunePolicy(trainable=("head", "*.lora_*"), lora_rank=4, lora_targets=("qkv",)).compile(FinetuneModel(load_backbone(f"hf:{tiny_bert}"), 2), 1e-3)
+
+
+def test_finetune_text_last_layer_then_predict(tiny_bert, tmp_path):
+    from headstart.bundle import Bundle
+    from headstart.finetune import FinetunePolicy, finetune
+
+    policy = FinetunePolicy(trainable=("head", "last-n:1"), head_init="probe", layer_decay=0.8)
+    result = finetune(_sentiment_dataset(), f"hf:{tiny_bert}", policy=policy, epochs=1, batch_size=4, out=tmp_path / "ft", quiet=True)
+    assert result.test is not None and len(result.history) == 1
+    bundle = Bundle.load(tmp_path / "ft" / "bundle")
+    assert bundle.finetuned and (tmp_path / "ft" / "bundle" / "backbone.safetensors").is_file()
+    texts = ["i love this", "i hate this"]
+    np.testing.assert_allclose(bundle.predict_proba(texts), result.bundle.predict_proba(texts), atol=1e-5)
+
+
+def test_finetune_lora_bundle_stores_adapters_and_merges(tiny_bert, tmp_path):
+    from headstart.bundle import Bundle
+    from headstart.finetune import finetune
+
+    result = finetune(_sentiment_dataset(), f"hf:{tiny_bert}", strategy="lora", lora_rank=4, lora_alpha=8.0, epochs=1, batch_size=4, lr=5e-2,
+                      out=tmp_path / "lora", quiet=True)
+    folder = tmp_path / "lora" / "bundle"
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter.safetensors", "bundle.json", "head.safetensors"]
+    document = json.loads((folder / "bundle.json").read_text())
+    assert document["adapter"]["rank"] == 4 and document["adapter"]["alpha"] == 8.0 and document["finetuned_backbone_sha256"] is None
+    from safetensors.torch import load_file
+
+    adapters = load_file(str(folder / "adapter.safetensors"))
+    assert adapters and all(".lora_" in name for name in adapters)
+    assert any(float(t.abs().sum()) > 0 for name, t in adapters.items() if "lora_B" in name)  # training moved the adapters
+    texts = ["i love this", "i hate this", "what a day"]
+    loaded = Bundle.load(folder)
+    expected = result.bundle.predict_proba(texts)
+    np.testing.assert_allclose(loaded.predict_proba(texts), expected, atol=1e-6)
+    assert loaded.merge_adapters() == 4  # 2 layers x (query, value)
+    np.testing.assert_allclose(loaded.predict_proba(texts), expected, atol=1e-5)
+    merged = loaded.save(tmp_path / "merged")
+    assert not (merged / "adapter.safetensors").exists() and (merged / "backbone.safetensors").is_file()
+    np.testing.assert_allclose(Bundle.load(merged).predict_proba(texts), expected, atol=1e-5)
+
+
+def test_cli_finetune_lora_on_a_text_table(tiny_bert, tmp_path):
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "label": "pos" if i < 10 else "neg"}) for i, t in enumerate(POSITIVE + NEGATIVE)))
+    result = CliRunner().invoke(app, [
+        "finetune", str(path), "-b", f"hf:{tiny_bert}", "--strategy", "lora", "--lora-rank", "2", "--lora-targets", "query",
+        "--epochs", "1", "--batch-size", "4", "--out", str(tmp_path / "run"), "--json",
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["strategy"] == "lora" and summary["policy"]["lora_rank"] == 2 and summary["policy"]["lora_targets"] == ["query"]
+    assert (tmp_path / "run" / "bundle" / "adapter.safetensors").is_file()

@@ -7,6 +7,8 @@
                            metrics and a manifest (package versions, seed, data fingerprint, store key)
       head.safetensors     the head's arrays
       backbone.safetensors only for fine-tuned bundles: the backbone's own weights
+      adapter.safetensors  only for LoRA fine-tuned bundles: the adapter weights alone (the backbone's
+                           are the original ones, sha256-checked); ``merge_adapters()`` folds them in
 
 ``Bundle.load(path).predict(inputs)`` takes image paths, PIL images or arrays, or texts for a
 bundle trained on a text backbone.
@@ -109,6 +111,15 @@ class Bundle:
         arrays, head_meta = self.head.to_state()
         atomic_write_bytes(path / "head.safetensors", save_arrays({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
         backbone_sha = None
+        adapter = None
+        settings = self._adapter_settings()
+        if settings is not None:
+            from safetensors.torch import save as save_tensors
+
+            from headstart.backbones.lora import adapter_state
+
+            atomic_write_bytes(path / "adapter.safetensors", save_tensors(adapter_state(self.backbone.model)))
+            adapter = {**settings, "sha256": sha256_file(path / "adapter.safetensors")}
         if self.finetuned:
             from safetensors.torch import save as save_tensors
 
@@ -121,6 +132,7 @@ class Bundle:
             "modality": self.spec.modality,
             "backbone": self.spec.to_dict(),
             "finetuned_backbone_sha256": backbone_sha,
+            "adapter": adapter,
             "layer": self.layer,
             "pool": self.pool,
             "classes": self.classes,
@@ -171,7 +183,30 @@ class Bundle:
         )
         bundle.path = path
         bundle._finetuned_sha = document.get("finetuned_backbone_sha256")
+        bundle._adapter = document.get("adapter")
         return bundle
+
+    def _adapter_settings(self) -> dict[str, Any] | None:
+        """The LoRA settings of the backbone's adapters, or None (without loading the backbone)."""
+        if self._backbone is None:
+            return getattr(self, "_adapter", None)
+        from headstart.backbones.lora import lora_settings
+
+        return lora_settings(self._backbone.model)
+
+    def merge_adapters(self) -> int:
+        """Fold LoRA adapters into the backbone's weights (for export); return how many layers were merged.
+
+        The bundle then holds a plain fine-tuned backbone: saving it writes ``backbone.safetensors``
+        and no ``adapter.safetensors``.
+        """
+        from headstart.backbones.lora import merge_lora
+
+        merged = merge_lora(self.backbone.model)
+        if merged:
+            self.finetuned = True
+        self._adapter = None
+        return merged
 
     @property
     def backbone(self) -> Backbone:
@@ -190,6 +225,17 @@ class Bundle:
                 f"but the weights found now have sha256 {backbone.spec.sha256}. Install the original weights, "
                 "or retrain the head on these."
             )
+        adapter = getattr(self, "_adapter", None)
+        if adapter:
+            from safetensors.torch import load_file
+
+            from headstart.backbones.lora import load_adapters
+
+            weights = self.path / "adapter.safetensors"
+            actual = sha256_file(weights)
+            if actual != adapter["sha256"]:
+                raise WeightsMismatchError(f"{weights} has sha256 {actual}, not the recorded {adapter['sha256']}; the bundle is damaged.")
+            load_adapters(backbone.model, adapter, load_file(str(weights)))
         if self.finetuned:
             from safetensors.torch import load_file
 

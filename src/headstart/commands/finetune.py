@@ -15,7 +15,7 @@ def finetune_cmd(
     data: Annotated[str, typer.Argument(help="Image folder, .csv/.jsonl manifest, .npz, or builtin:NAME.")],
     backbone: Annotated[str, typer.Option("--backbone", "-b", help="Backbone name, e.g. tv:mobilenet_v2.IMAGENET1K_V1.")],
     strategy: Annotated[
-        Optional[str], typer.Option("--strategy", help="lp-ft (default), linear-then-full, last-stage, gradual or full.")
+        Optional[str], typer.Option("--strategy", help="lp-ft (default), linear-then-full, last-stage, gradual, full or lora.")
     ] = None,
     policy: Annotated[Optional[Path], typer.Option("--policy", help="A FinetunePolicy YAML file (instead of --strategy).")] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Most epochs to train.")] = 10,
@@ -33,6 +33,9 @@ def finetune_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     explain: Annotated[bool, typer.Option("--explain", help="Print the policy's plan (one row per layer group) and exit.")] = False,
+    lora_rank: Annotated[int, typer.Option("--lora-rank", help="--strategy lora: rank of the adapters.")] = 8,
+    lora_alpha: Annotated[float, typer.Option("--lora-alpha", help="--strategy lora: scaling numerator (updates scale by alpha / rank).")] = 16.0,
+    lora_targets: Annotated[str, typer.Option("--lora-targets", help="--strategy lora: comma-separated names of the linear layers to adapt.")] = "query,value",
     per_class: PerClass = None,
     image_size: ImageSize = None,
     seed: Seed = 0,
@@ -77,6 +80,9 @@ def finetune_cmd(
         resume=resume,
         store=store_from(cache_dir),
         device=device,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
         quiet=quiet or json_out,
     )
     if json_out:

@@ -324,7 +324,10 @@ def check_options(backbone: Backbone, layer: str, pool: str, image_size: int | N
             f"--pool {pool} applies to feature maps and tokens, but the {layer!r} layer is already pooled by the model. "
             f"Name a layer to pool yourself, e.g. --layer {backbone.spec.layers[-1] if backbone.spec.layers else '<layer>'} --pool {pool}."
         )
-    if image_size is not None and image_size < 16:
+    if image_size is not None and backbone.spec.modality == "text":
+        if image_size != backbone.spec.input_size:
+            raise OptionError(f"--image-size applies to image backbones; {backbone.spec.name} is a text encoder (its max length is spec.extra['max_length']).")
+    elif image_size is not None and image_size < 16:
         raise OptionError(f"--image-size must be at least 16 pixels, got {image_size}.")
     if decode not in ("auto", "pil", "tensor"):
         raise OptionError(f"--decode {decode!r} is not one of auto, pil, tensor.")

@@ -145,3 +145,58 @@ class Batcher:
         )
         for x, y in loader:
             yield self._to_device(x, y)
+
+
+class TextBatcher:
+    """This process's training and evaluation batches for a text encoder: token tensors padded per batch.
+
+    Every text is tokenised once, up front, by the backbone's own tokenizer (truncated to its max
+    length, with a warning that counts the truncated texts); each batch is then padded to its own
+    longest text. Evaluation batches go longest first, so that similar lengths share a batch.
+    Texts without tokens (empty) get the label IGNORE.
+
+    Args:
+        data: A text dataset.
+        encoder: The backbone's network, a :class:`~headstart.backbones.text_adapter.TextEncoder`.
+        rank: This process's index.
+        world: Number of processes.
+        device: Where batches go.
+    """
+
+    def __init__(self, data: Dataset, encoder, rank: int, world: int, device: torch.device) -> None:
+        import warnings
+
+        from headstart.backbones.text_adapter import TextTruncatedWarning
+
+        self.data = data
+        self.encoder = encoder
+        self.rank = rank
+        self.world = world
+        self.device = device
+        self.encoded, reasons, truncated, longest = encoder.tokenize(list(data.items))
+        self.labels = np.where(np.array([not r for r in reasons], dtype=bool), data.labels, IGNORE)
+        if truncated:
+            warnings.warn(
+                f"{truncated} of {len(data)} texts are longer than max_length={encoder.max_length} tokens (the longest has {longest}) "
+                "and were truncated for fine-tuning.",
+                TextTruncatedWarning,
+                stacklevel=2,
+            )
+
+    def _batch(self, rows: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        inputs = self.encoder.pad([self.encoded[int(r)] for r in rows])
+        x = {name: tensor.to(self.device, non_blocking=True) for name, tensor in inputs.items()}
+        return x, torch.as_tensor(self.labels[rows]).to(self.device, non_blocking=True)
+
+    def train_epoch(self, batches: list[np.ndarray], epoch: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """This process's rows of each global batch, as ``(x, y)`` on the device (text has no augmentation)."""
+        for rows in batches:
+            yield self._batch(rows[self.rank :: self.world])
+
+    def eval_batches(self, rows: np.ndarray, batch_size: int) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray]]:
+        """This process's share (``rank::world``) of ``rows``, longest texts first, with their rows."""
+        local = rows[self.rank :: self.world]
+        local = local[np.argsort([-len(self.encoded[int(r)]["input_ids"]) for r in local], kind="stable")]
+        for start in range(0, len(local), batch_size):
+            chunk = local[start : start + batch_size]
+            yield (*self._batch(chunk), chunk)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -37,13 +38,13 @@ from headstart.features import FeatureStore
 from headstart.features.store import atomic_write_bytes, atomic_write_json
 from headstart.finetune.augment import AugmentConfig
 from headstart.finetune.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, settings_diff
-from headstart.finetune.data import IGNORE, Batcher, split_indices, train_batches
+from headstart.finetune.data import IGNORE, Batcher, TextBatcher, split_indices, train_batches
 from headstart.finetune.guard import FrozenGuard
 from headstart.finetune.model import FinetuneModel, head_to_probe_state
 from headstart.finetune.policy import STRATEGIES, CompiledPolicy, FinetunePolicy, PolicyError, strategy_policy
 
 # Base (head) learning rate of each strategy when --lr is not given.
-DEFAULT_LR = {"lp-ft": 3e-4, "linear-then-full": 1e-3, "last-stage": 1e-3, "gradual": 1e-3, "full": 1e-3, "custom": 1e-3}
+DEFAULT_LR = {"lp-ft": 3e-4, "linear-then-full": 1e-3, "last-stage": 1e-3, "gradual": 1e-3, "full": 1e-3, "lora": 1e-3, "custom": 1e-3}
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -153,6 +154,9 @@ def finetune(
     store: FeatureStore | None = None,
     device: str = "auto",
     num_workers: int | None = None,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    lora_targets: tuple[str, ...] = ("query", "value"),
     quiet: bool = False,
 ) -> FinetuneResult:
     """Fine-tune a backbone with a new linear head, and return (and save) the best model as a bundle.
@@ -188,6 +192,9 @@ def finetune(
         store: Feature store for the LP-FT probe's features (default: ``$HEADSTART_CACHE``).
         device: ``auto``, ``cpu`` or ``cuda``.
         num_workers: DataLoader workers for image files; None picks up to 8.
+        lora_rank: With ``strategy="lora"``: the adapters' rank.
+        lora_alpha: With ``strategy="lora"``: the adapters' scaling numerator (updates scale by alpha / rank).
+        lora_targets: With ``strategy="lora"``: module name suffixes of the linear layers to adapt.
         quiet: No per-epoch lines on the console.
 
     Returns:
@@ -214,6 +221,8 @@ def finetune(
     backbone.spec = backbone.spec.with_input_size(image_size)
     spec = backbone.spec
     policy = _resolve_policy(strategy, policy, spec, epochs)
+    if strategy == "lora":
+        policy = dataclasses.replace(policy, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=tuple(lora_targets))
     lr = DEFAULT_LR.get(policy.strategy, 1e-3) if lr is None else float(lr)
     train_rows, val_rows, test_rows = split_indices(data, val_fraction, seed)
     augment = AugmentConfig(scale=tuple(crop_scale), randaugment=randaugment)
@@ -280,7 +289,7 @@ def finetune(
     if main and not quiet and not resume:
         summary = compiled.summary(0)
         _err(
-            f"fine-tune {spec.name} ({policy.strategy}) at {spec.input_size} px on {accelerator.device} x{world}, "
+            f"fine-tune {spec.name} ({policy.strategy}){f' at {spec.input_size} px' if spec.modality == 'image' else ''} on {accelerator.device} x{world}, "
             f"{len(train_rows)} train / {len(val_rows)} val, {summary['trainable_params']:,} of {summary['total_params']:,} "
             f"parameters train in epoch 0, precision {accelerator.mixed_precision}, lr {lr:g}"
         )
@@ -288,7 +297,10 @@ def finetune(
         atomic_write_bytes(out / "policy.yaml", policy.to_yaml().encode())
 
     # ----- the loop ---------------------------------------------------------------------------
-    batcher = Batcher(data, spec, augment, seed, rank, world, accelerator.device, _workers(num_workers, data))
+    if data.modality == "text":
+        batcher = TextBatcher(data, backbone.model, rank, world, accelerator.device)
+    else:
+        batcher = Batcher(data, spec, augment, seed, rank, world, accelerator.device, _workers(num_workers, data))
     best_state = None
     phase = None
     net = model
@@ -363,7 +375,7 @@ def finetune(
     bundle = Bundle(
         spec=spec, head=head_from_state(arrays, meta), classes=list(data.classes), metrics=metrics,
         manifest={"seed": seed, "data_fingerprint": settings["data"], "data_source": data.source, "finetune": {**settings, "strategy": policy.strategy}},
-        backbone=backbone, finetuned=True,
+        backbone=backbone, finetuned=not _adapters_only(compiled),
     )
     result = FinetuneResult(
         backbone=spec.name, strategy=policy.strategy, policy=policy, lr=lr, history=state["history"], best_epoch=state["best_epoch"],
@@ -439,8 +451,8 @@ def _load_data(data: Dataset | str, per_class: int | None, seed: int) -> Dataset
         data = load_data(str(data), per_class=per_class, seed=seed)
     elif per_class is not None:
         raise ValueError("per_class applies when data is a source string; subsample a Dataset with load_data(..., per_class=N).")
-    if data.modality != "image":
-        raise DataError(f"{data.source} is {data.modality} data; fine-tuning supports image classification. Probe text backbones with headstart probe.")
+    if data.modality not in ("image", "text"):
+        raise DataError(f"{data.source} is {data.modality} data; fine-tuning supports image and text classification.")
     if data.multilabel:
         raise DataError(f"{data.source} is multi-label; fine-tuning supports single-label classification. Probe it with headstart probe.")
     return data
@@ -480,6 +492,16 @@ def _init_head_from_probe(model, data, train_rows, test_rows, store, seed, accel
         return None
     rows = test_rows[features.valid[test_rows]]
     return float(np.mean(probe.predict(features.X[rows]) == data.labels[rows]))
+
+
+def _adapters_only(compiled: CompiledPolicy) -> bool:
+    """Whether the only backbone parameters that ever train are LoRA adapters (the pretrained weights stay as loaded)."""
+    from headstart.backbones.lora import lora_settings
+
+    if lora_settings(compiled.model.backbone.model) is None:
+        return False
+    trained = [name for name in compiled.ever_trainable() if name not in compiled.head_names]
+    return all(".lora_" in name for name in trained)
 
 
 def _warmup_cosine(warmup_steps: int, total_steps: int):

@@ -31,7 +31,7 @@ from headstart.errors import HeadstartError
 from headstart.finetune.model import BN_MODES, HEAD, FinetuneModel, is_batchnorm
 
 HEAD_INITS = ("probe", "random", "zeros")
-STRATEGIES = ("lp-ft", "linear-then-full", "last-stage", "gradual", "full")
+STRATEGIES = ("lp-ft", "linear-then-full", "last-stage", "gradual", "full", "lora")
 SHORTCUTS = ("*", "all", "backbone", "head", "last-stage", "last-n:K")
 _NON_STAGE_GROUPS = ("stem", "neck", "head")
 
@@ -63,6 +63,11 @@ class FinetunePolicy:
         head_init: ``probe`` (LP-FT: a LinearProbe fitted on the store's features, standardisation
             folded in), ``random`` (PyTorch's default initialisation, seeded) or ``zeros``.
         strategy: The strategy this policy came from (for the record), or ``custom``.
+        lora_rank: Rank of LoRA adapters added beside the ``lora_targets`` linear layers before
+            training (``peft``); 0 adds none. Their parameters match ``*.lora_*``.
+        lora_alpha: LoRA scaling numerator: adapter updates are scaled by ``lora_alpha / lora_rank``.
+        lora_targets: Module name suffixes of the linear layers that get adapters.
+        lora_dropout: Dropout on the adapters' input.
     """
 
     trainable: tuple[str, ...] = ("*",)
@@ -75,6 +80,10 @@ class FinetunePolicy:
     frozen_bn: str = "frozen"
     head_init: str = "random"
     strategy: str = "custom"
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("query", "value")
+    lora_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         self.trainable = _pattern_tuple(self.trainable, "trainable")
@@ -106,6 +115,15 @@ class FinetunePolicy:
                 raise PolicyError(f"policy.{name} must be one of {', '.join(BN_MODES)}, got {value!r}.")
         if self.head_init not in HEAD_INITS:
             raise PolicyError(f"policy.head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}.")
+        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 0:
+            raise PolicyError(f"policy.lora_rank must be a whole number >= 0 (0: no LoRA), got {self.lora_rank!r}; 8 is a common choice.")
+        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
+            raise PolicyError(f"policy.lora_alpha must be a number > 0, got {self.lora_alpha!r}; 16 is a common choice.")
+        self.lora_targets = _pattern_tuple(self.lora_targets, "lora_targets")
+        if self.lora_rank and not self.lora_targets:
+            raise PolicyError("policy.lora_targets is empty; name the linear layers to adapt, like ['query', 'value'].")
+        if not isinstance(self.lora_dropout, (int, float)) or not 0 <= self.lora_dropout < 1:
+            raise PolicyError(f"policy.lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
 
     # ----- schedule ---------------------------------------------------------------------------
 
@@ -136,6 +154,10 @@ class FinetunePolicy:
             "frozen_bn": self.frozen_bn,
             "head_init": self.head_init,
             "strategy": self.strategy,
+            "lora_rank": self.lora_rank,
+            "lora_alpha": self.lora_alpha,
+            "lora_targets": list(self.lora_targets),
+            "lora_dropout": self.lora_dropout,
         }
 
     @classmethod
@@ -178,6 +200,8 @@ class FinetunePolicy:
 
     def compile(self, model: FinetuneModel, lr: float) -> CompiledPolicy:
         """Resolve every pattern against ``model`` and plan groups, learning rates and BN modes.
+
+        A policy with ``lora_rank > 0`` first adds its LoRA adapters to the backbone (once).
 
         Raises:
             PolicyError: A pattern matches nothing (the message lists similar names), or an epoch
@@ -266,6 +290,11 @@ class CompiledPolicy:
         self.lr = float(lr)
         self.model = model
         self.spec = model.backbone.spec
+        if policy.lora_rank:
+            from headstart.backbones.lora import add_lora, lora_settings
+
+            if lora_settings(model.backbone.model) is None:
+                add_lora(model.backbone.model, policy.lora_rank, policy.lora_alpha, policy.lora_targets, policy.lora_dropout)
         self.parameters = model.policy_parameters()
         self.names = list(self.parameters)
         # The head is every parameter under the ``head`` module: a Linear for classification
@@ -588,6 +617,9 @@ def strategy_policy(strategy: str, spec, epochs: int) -> FinetunePolicy:
     * ``gradual``: the head first, then one more stage group per epoch from the top (ULMFiT),
       everything by the middle of the run.
     * ``full``: everything from the start, BatchNorm in train mode.
+    * ``lora``: the head starts as the linear probe (as in ``lp-ft``); then the head and rank-8
+      LoRA adapters on the ``query`` and ``value`` layers train, and every pretrained weight stays
+      frozen (Hu et al. 2021). Set ``lora_rank``, ``lora_alpha`` and ``lora_targets`` on the policy.
 
     Raises:
         PolicyError: Unknown strategy.
@@ -598,6 +630,8 @@ def strategy_policy(strategy: str, spec, epochs: int) -> FinetunePolicy:
         return FinetunePolicy(trainable=("*",), head_init="probe", bn="stats-frozen", strategy=strategy)
     if strategy == "full":
         return FinetunePolicy(trainable=("*",), bn="train", strategy=strategy)
+    if strategy == "lora":
+        return FinetunePolicy(trainable=(HEAD, "*.lora_*"), head_init="probe", bn="stats-frozen", lora_rank=8, strategy=strategy)
     if strategy == "last-stage":
         return FinetunePolicy(trainable=(HEAD, "last-stage"), bn="train", strategy=strategy)
     if strategy == "linear-then-full":
