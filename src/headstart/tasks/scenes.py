@@ -144,6 +144,24 @@ class SceneSet:
                 digest.update(scene.image[::7, ::7].tobytes())
         return digest.hexdigest()
 
+    def dataset_summary(self) -> dict[str, Any]:
+        """The summary in classification's shape (``headstart report`` draws it): objects per class and split, skipped items."""
+        counts: dict[str, dict[str, int]] = {}
+        for split in SPLITS:
+            rows = self.indices(split)
+            if len(rows):
+                labels = [int(l) for r in rows for l, c in zip(self.scenes[r].labels, self.scenes[r].iscrowd) if not c]
+                per_class = np.bincount(np.array(labels, dtype=np.int64), minlength=len(self.classes)) if labels else np.zeros(len(self.classes), int)
+                counts[split] = {name: int(n) for name, n in zip(self.classes, per_class)}
+        return {
+            "source": self.source + (" (synthetic)" if self.synthetic else ""),
+            "modality": "image",
+            "classes": list(self.classes),
+            "counts": counts,
+            "images": {split: int(len(self.indices(split))) for split in SPLITS if len(self.indices(split))},
+            "skipped": [{"item": f"{p.file} ({p.field})", "reason": p.message} for p in self.problems],
+        }
+
     def summary(self) -> dict[str, Any]:
         """Counts per split, the classes, and the problems."""
         counts = {}

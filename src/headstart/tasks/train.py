@@ -67,6 +67,7 @@ class TaskResult:
         bundle: The trained model as a :class:`TaskBundle`.
         bundle_path: Where it was saved (None without ``out``).
         out: The run directory.
+        dataset: Objects per class and split, and the skipped items (``headstart report`` draws them).
     """
 
     task: str
@@ -84,6 +85,7 @@ class TaskResult:
     bundle: TaskBundle = field(repr=False)
     bundle_path: Path | None
     out: Path | None
+    dataset: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +101,7 @@ class TaskResult:
             "seconds": round(self.seconds, 1),
             "history": self.history,
             "problems": self.problems,
+            "dataset": self.dataset,
             "bundle": str(self.bundle_path) if self.bundle_path else None,
             "out": str(self.out) if self.out else None,
         }
@@ -415,7 +418,7 @@ def _train(task: str, data, backbone, build, *, strategy, policy, trainable_stag
     result = TaskResult(
         task=task, backbone=spec.name, policy=resolved, lr=lr, history=state["history"], best_epoch=state["best_epoch"], test=test,
         val_metric=val_metric, stopped_by_budget=state["stopped_by_budget"], cpu_seconds=cpu_seconds, seconds=time.perf_counter() - started,
-        problems=problems, bundle=bundle, bundle_path=None, out=out,
+        problems=problems, bundle=bundle, bundle_path=None, out=out, dataset=scenes.dataset_summary(),
     )
     if out is not None:
         result.bundle_path = bundle.save(out / "bundle")
