@@ -170,6 +170,29 @@ def test_not_a_run_directory(tmp_path):
         read_run(tmp_path)
 
 
+def test_test_predictions_from_files_and_texts(tmp_path):
+    """Image files get thumbnails of the confidently wrong ones; texts go into the item column and get none."""
+    from PIL import Image
+
+    paths = []
+    for k in range(4):
+        path = tmp_path / f"img{k}.png"
+        Image.fromarray(np.full((300, 200, 3), 60 * k, dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    run = tmp_path / "files"
+    write_test_predictions(run, [0, 1, 2, 3], ["a", "a", "b", "b"], ["a", "b", "a", "b"], [0.9, 0.8, 0.7, 0.6], items=paths, thumbnails=1)
+    assert [p.name for p in (run / "thumbnails").iterdir()] == ["1.png"]  # the most confident of the two mistakes
+    assert max(Image.open(run / "thumbnails" / "1.png").size) == 128
+    with open(run / "test_predictions.csv", newline="") as handle:
+        assert [row["item"] for row in csv.DictReader(handle)] == paths
+
+    texts = tmp_path / "texts"
+    write_test_predictions(texts, [0, 1], ["pos", "neg"], ["neg", "neg"], [0.99, 0.6], items=["so good", "awful"], modality="text")
+    assert not (texts / "thumbnails").exists()
+    page = render_report(texts)
+    assert '<div class="text-item">so good</div>' in page
+
+
 def test_rank_rows_accepts_the_likely_formats():
     row = {"name": "a", "scores": {"logme": 1.0, "leep": {"value": None, "reason": "no source head"}}, "layers": ["x", "y"]}
     assert rank_rows([row]) == [{"name": "a", "scores.logme": 1.0, "scores.leep": "n/a: no source head", "layers": "x, y"}]
