@@ -16,9 +16,20 @@ import numpy as np
 import pytest
 import torch
 
-from headstart.backbones import Backbone, BackboneSpec, list_backbones, load_backbone, save_backbone
+from headstart.backbones import (
+    Backbone,
+    BackboneSpec,
+    list_backbones,
+    load_backbone,
+    save_backbone,
+)
 from headstart.backbones import packaged as packaged_module
-from headstart.errors import LayerError, UnknownBackboneError, WeightsMismatchError, WeightsUnavailableError
+from headstart.errors import (
+    LayerError,
+    UnknownBackboneError,
+    WeightsMismatchError,
+    WeightsUnavailableError,
+)
 
 TINY_NAMES = [
     "timm:test_efficientnet@random",
@@ -329,7 +340,7 @@ def test_headstart_offline_stops_timm_from_reaching_the_hub(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HEADSTART_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONWARNINGS="ignore")
     result = subprocess.run(
-        [sys.executable, "-c", TIMM_OFFLINE_PROBE], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", TIMM_OFFLINE_PROBE], env=env, check=False, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_BACKBONE
 from typer.testing import CliRunner
 
 from headstart.cli import app
 from headstart.errors import HeadstartError
-
-from conftest import TINY_BACKBONE
 
 HEADSTART = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "headstart"
 SUMMARY_FIELDS = {"key", "path", "shape", "skipped", "seconds", "hit"}

@@ -9,15 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_BACKBONE
 from PIL import Image
 
 from headstart.backbones import load_backbone
 from headstart.data import Dataset, load_data
-from headstart.data.transforms import decode_file, preprocess_array_batch, preprocess_pil, resize_size
+from headstart.data.transforms import (
+    decode_file,
+    preprocess_array_batch,
+    preprocess_pil,
+    resize_size,
+)
 from headstart.errors import DataError
 from headstart.features import FeatureStore, extract
-
-from conftest import TINY_BACKBONE
 
 
 def _image(seed: int, size=(40, 30), mode="RGB") -> Image.Image:
@@ -317,7 +321,7 @@ def test_preprocessing_comes_from_the_spec():
     grey = _image(1, size=(50, 50), mode="L")
     assert preprocess_pil(grey, spec).shape == (3, 32, 32)
     # A constant image at the mean becomes zeros: the spec's mean and std are used.
-    mean_rgb = tuple(int(round(m * 255)) for m in spec.mean)
+    mean_rgb = tuple(round(m * 255) for m in spec.mean)
     flat = preprocess_pil(Image.new("RGB", (40, 40), mean_rgb), spec)
     assert flat.abs().max() < 0.02
 
@@ -391,6 +395,7 @@ def test_undecodable_files_are_skipped_and_listed(tmp_path, workers):
     x_train, y_train = features.get("train")
     x_test, y_test = features.get("test")
     assert len(x_train) + len(x_test) == 11
+    assert len(y_train) == len(x_train) and len(y_test) == len(x_test)
     assert summary_skipped(features) == 2
 
 
