@@ -274,3 +274,26 @@ def test_two_gloo_processes_agree_with_one(npz, tmp_path):
     assert len(one["history"]) == len(two["history"]) == 2
     assert (one["processes"], two["processes"]) == (1, 2)
     assert [row["phase"] for row in two["history"]] == [0, 1]
+
+
+def test_image_files_train_through_workers_and_a_broken_file_is_skipped(tmp_path, arrays):
+    from PIL import Image
+
+    images, labels = arrays
+    for i in range(0, 300, 5):  # 60 files, 20 per class
+        folder = tmp_path / "folder" / f"class{labels[i]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).convert("RGB").save(folder / f"{i}.png")
+    (tmp_path / "folder" / "class0" / "broken.png").write_bytes(b"not a png")
+    data = load_data(str(tmp_path / "folder"), seed=0)
+    result = finetune(data, TINY_BACKBONE, strategy="full", epochs=2, batch_size=16, image_size=32, num_workers=1, quiet=True)
+    assert len(result.history) == 2 and all(np.isfinite(row["train_loss"]) for row in result.history)
+    test_items = [data.items[i] for i in data.indices("test")]
+    assert result.test is not None and result.test.n == len(test_items) - sum("broken" in item for item in test_items)
+
+
+def test_bf16_autocast_on_cpu_after_an_fp32_run(data):
+    """Accelerate keeps one state per process: a second run with another precision must still work."""
+    finetune(data, TINY_BACKBONE, strategy="last-stage", epochs=1, image_size=32, quiet=True, mixed_precision="no")
+    result = finetune(data, TINY_BACKBONE, strategy="last-stage", epochs=1, image_size=32, quiet=True, mixed_precision="bf16")
+    assert result.mixed_precision == "bf16" and np.isfinite(result.history[0]["train_loss"])

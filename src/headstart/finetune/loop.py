@@ -226,12 +226,25 @@ def finetune(
     lr = DEFAULT_LR.get(policy.strategy, 1e-3) if lr is None else float(lr)
     train_rows, val_rows, test_rows = split_indices(data, val_fraction, seed)
     augment = AugmentConfig(scale=tuple(crop_scale), randaugment=randaugment)
-    settings = {
-        "backbone": spec.name, "weights_sha256": spec.sha256, "image_size": spec.input_size, "data": data.fingerprint(),
-        "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "policy": policy.to_dict(), "epochs": epochs, "lr": lr,
-        "batch_size": batch_size, "accumulation_steps": accumulation_steps, "optimizer": optimizer, "warmup_epochs": warmup_epochs,
-        "label_smoothing": label_smoothing, "max_grad_norm": max_grad_norm, "augment": [list(augment.scale), list(augment.ratio), augment.flip, augment.randaugment],
-        "mixed_precision": accelerator.mixed_precision, "seed": seed,
+    settings = {  # what must match for --resume to continue the same run
+        "backbone": spec.name,
+        "weights_sha256": spec.sha256,
+        "image_size": spec.input_size,
+        "data": data.fingerprint(),
+        "n_train": len(train_rows),
+        "n_val": len(val_rows),
+        "policy": policy.to_dict(),
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "accumulation_steps": accumulation_steps,
+        "optimizer": optimizer,
+        "warmup_epochs": warmup_epochs,
+        "label_smoothing": label_smoothing,
+        "max_grad_norm": max_grad_norm,
+        "augment": [list(augment.scale), list(augment.ratio), augment.flip, augment.randaugment],
+        "mixed_precision": accelerator.mixed_precision,
+        "seed": seed,
     }
 
     # ----- model and head ---------------------------------------------------------------------
@@ -261,7 +274,16 @@ def finetune(
     scheduler = torch.optim.lr_scheduler.LambdaLR(inner, _warmup_cosine(round(warmup_epochs * steps_per_epoch), epochs * steps_per_epoch))
 
     # ----- resume -----------------------------------------------------------------------------
-    state = {"epoch": 0, "best_epoch": -1, "best_key": None, "since_best": 0, "history": [], "done": False, "stopped_early": False, "probe_test_accuracy": probe_test_accuracy}
+    state = {  # the loop's own state, saved in every checkpoint
+        "epoch": 0,
+        "best_epoch": -1,
+        "best_key": None,
+        "since_best": 0,
+        "history": [],
+        "done": False,
+        "stopped_early": False,
+        "probe_test_accuracy": probe_test_accuracy,
+    }
     if resume:
         checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
         differences = settings_diff(checkpoint["settings"], settings)
@@ -329,10 +351,18 @@ def finetune(
             else:
                 state["since_best"] += 1
             row = {
-                "epoch": epoch, "phase": phase, "trainable_params": compiled.summary(epoch)["trainable_params"],
-                "lr": scheduler.get_last_lr()[-1], "train_loss": train_loss, "train_accuracy": train_acc,
-                "val_loss": val_loss, "val_accuracy": val_acc, "seconds_train": round(train_seconds, 3),
-                "seconds": round(time.perf_counter() - tick, 3), "cpu_seconds": round(time.process_time() - cpu_tick, 3), "best": improved,
+                "epoch": epoch,
+                "phase": phase,
+                "trainable_params": compiled.summary(epoch)["trainable_params"],
+                "lr": scheduler.get_last_lr()[-1],
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "seconds_train": round(train_seconds, 3),
+                "seconds": round(time.perf_counter() - tick, 3),
+                "cpu_seconds": round(time.process_time() - cpu_tick, 3),
+                "best": improved,
             }
             state["history"].append(row)
             epoch += 1
@@ -344,9 +374,15 @@ def finetune(
             logger.epoch(row, epochs)
             if main and out is not None:
                 checkpoint = {
-                    "settings": settings, "model": model.state_dict(), "optimizer": inner.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                    "rng": rng_state(), "policy": policy.to_dict(), "phase": phase, "loop": state,
+                    "settings": settings,
+                    "model": model.state_dict(),
+                    "optimizer": inner.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                    "rng": rng_state(),
+                    "policy": policy.to_dict(),
+                    "phase": phase,
+                    "loop": state,
                 }
                 save_checkpoint(out / "checkpoints" / "last.pt", checkpoint)
                 if improved:
