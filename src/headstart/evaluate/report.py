@@ -701,6 +701,10 @@ PROBE_COLUMNS = ("backbone", "head", "image_size", "layer", "pool", "test/accura
                  "test/ece", "extract_s", "fit_s", "store_hit")
 
 
+PROBE_HEADERS = {"image_size": "px", "test/accuracy": "accuracy", "test/balanced_accuracy": "balanced acc.", "test/macro_f1": "macro F1",
+                 "test/ece": "ECE", "extract_s": "extract s", "fit_s": "fit s", "store_hit": "store hit"}
+
+
 def _probe_section(run: RunFiles) -> Section | None:
     if not run.results:
         return None
@@ -719,9 +723,10 @@ def _probe_section(run: RunFiles) -> Section | None:
         [[_fmt(row.get(c), c) for c in columns] for row in rows],
         numeric_from=1,
         highlight={best_index: "best"} if best_index is not None else {},
+        header_labels=PROBE_HEADERS,
     )
     if best_index is not None:
-        body += f'<p class="note">Best by {_e(accuracy_column)} highlighted.</p>'
+        body += f'<p class="note">Test metrics; the best by {_e(accuracy_column)} is highlighted. Seconds are wall time on this machine.</p>'
     if accuracy_column and all(k in columns for k in ("backbone", "head")) and len(rows) > 1:
         from headstart.evaluate import plots
 
@@ -1033,7 +1038,7 @@ td.barcell span { position:relative; }
 .table-wrap { overflow-x:auto; }
 .side { display:flex; flex-wrap:wrap; gap:12px 40px; align-items:flex-start; }
 img.plot { max-width:100%; height:auto; display:block; margin:8px 0; }
-img.square { max-width:560px; }
+img.square { max-width:720px; }
 .chips { display:flex; flex-wrap:wrap; gap:10px; }
 .chip { border:1px solid var(--line); border-radius:8px; padding:6px 12px; background:#f8fafc; }
 .chip span { display:block; color:var(--muted); font-size:11px; text-transform:uppercase; letter-spacing:.03em; }
@@ -1230,9 +1235,10 @@ def _fmt(value: Any, column: str = "") -> str:
 
 
 def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int = 1, css: str = "data",
-           highlight: dict[int, str] | None = None, table_id: str | None = None, short_headers: bool = False) -> str:
+           highlight: dict[int, str] | None = None, table_id: str | None = None, short_headers: bool = False,
+           header_labels: dict[str, str] | None = None) -> str:
     highlight = highlight or {}
-    labels = list(columns)
+    labels = [(header_labels or {}).get(c, c) for c in columns]
     if short_headers:
         shorts = [c.split(".")[-1] for c in columns]
         labels = [short if shorts.count(short) == 1 else column for short, column in zip(shorts, columns)]
