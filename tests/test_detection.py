@@ -209,3 +209,11 @@ def test_frozen_backbone_stays_frozen(scenes, tmp_path):
     after = dict(backbone.model.named_parameters())
     assert trunk and all(torch.equal(before[n], after[n]) for n in trunk)
     assert result.history[0]["trainable_params"] < sum(p.numel() for p in result.bundle.model.parameters())
+
+
+@pytest.mark.parametrize("name", ["timm:test_vit@random"])
+def test_backbone_without_feature_maps_is_refused(name):
+    from headstart.errors import HeadstartError
+
+    with pytest.raises(HeadstartError, match="stride 8"):
+        build_detector(load_backbone(name), num_classes=3, image_size=64)

@@ -85,9 +85,10 @@ class Trunk(nn.Module):
         return {"kind": self.kind, "stages": list(self.stages), "channels": list(self.channels), "strides": list(self.strides)}
 
 
-def _stage_shapes(backbone: Backbone, probe: int = 128) -> dict[str, tuple[int, int]]:
+def _stage_shapes(backbone: Backbone) -> dict[str, tuple[int, int]]:
     """``{stage: (channels, stride)}`` of every stage that outputs a feature map, from one blank image."""
     network = backbone.model
+    probe = max(64, backbone.spec.input_size // 32 * 32)  # some networks (ViT) take their own size only
     shapes: dict[str, tuple[int, int]] = {}
     handles = []
     for name in backbone.spec.layers:
@@ -104,6 +105,11 @@ def _stage_shapes(backbone: Backbone, probe: int = 128) -> dict[str, tuple[int, 
     try:
         with torch.no_grad():
             network(torch.zeros(1, 3, probe, probe))
+    except Exception as exc:  # a network that cannot run on a blank square image has no usable stages here
+        raise HeadstartError(
+            f"{backbone.spec.name} did not run on a {probe}x{probe} image to find its feature maps ({type(exc).__name__}: {exc}). "
+            "Detection and segmentation need a convolutional backbone, for example tv:mobilenet_v2.IMAGENET1K_V1."
+        ) from None
     finally:
         for handle in handles:
             handle.remove()
