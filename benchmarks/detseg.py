@@ -14,7 +14,7 @@ and ``tv:mobilenet_v2@random`` (the same architecture, seeded random init), with
 Each training run (detection or segmentation, per backbone) has a CPU budget of at most 10
 minutes, measured as the process's CPU time (``time.process_time``, all threads) so that a shared
 machine does not change the amount of work; ``max_cpu_seconds`` stops a run that would overrun (its
-row then says "budget"). The epoch counts (8 for detection, 12 for segmentation) normally end first.
+row then says "budget"). The epoch counts (4 for detection, 12 for segmentation) normally end first.
 Reported: test mAP@0.5 (and mAP, COCO-style, crowd regions ignored) and test mIoU (and pixel
 accuracy), the margins, CPU and wall seconds. Results are appended to ``benchmarks/RESULTS.md``
 under "## Detection and segmentation" (that section only is replaced).
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=300)
     parser.add_argument("--test", type=int, default=100)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--det-epochs", type=int, default=8)
+    parser.add_argument("--det-epochs", type=int, default=4)
     parser.add_argument("--seg-epochs", type=int, default=12)
     parser.add_argument("--det-cpu", type=float, default=600.0, help="CPU seconds for detection training, per backbone")
     parser.add_argument("--seg-cpu", type=float, default=600.0, help="CPU seconds for segmentation training, per backbone")
