@@ -119,6 +119,36 @@ def test_every_block_runs_or_says_why_not():
     assert not problems, "\n".join(problems)
 
 
+def _parse(words: list[str]) -> dict:
+    """Parse a headstart command line with the CLI's own parser, without running it."""
+    import typer.main
+
+    from headstart.cli import app
+
+    command, name, rest, parent = typer.main.get_command(app), "headstart", list(words[1:]), None
+    while True:
+        context = command.make_context(name, rest, parent=parent)
+        if not hasattr(command, "resolve_command"):
+            return context.params
+        remaining = list(getattr(context, "_protected_args", None) or getattr(context, "protected_args", [])) + list(context.args)
+        name, command, rest = command.resolve_command(context, remaining)
+        parent = context
+
+
+def test_every_headstart_command_parses():
+    """Every command in the docs, slow ones included, names real commands and options with valid values."""
+    problems = []
+    for block in ALL_BLOCKS:
+        if block.language != "bash" or block.skip is not None:
+            continue
+        for words in bash_commands(block.code):
+            try:
+                _parse(words)
+            except Exception as exc:  # click's usage errors: no such option, bad value, missing argument
+                problems.append(f"{block.name}: `{' '.join(words)}`: {type(exc).__name__}: {exc}")
+    assert not problems, "\n".join(problems)
+
+
 # ----- running the blocks -----------------------------------------------------------------------
 
 
