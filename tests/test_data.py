@@ -448,12 +448,6 @@ def test_tensor_decode_skips_the_same_files(tmp_path):
     assert np.isfinite(tensor.X[tensor.valid]).all()
 
 
-@pytest.mark.xfail(
-    reason="BUG: fastpath.resize_crop_normalize (and transforms.preprocess_array_batch) size the long side with "
-    "round(); torchvision and the PIL path truncate with int(). For a 451x300 photo at 224 px the tensor path "
-    "resizes to 385x256 instead of 384x256: a 0.26% scale error, mean 3.5/255 and max 38/255 off the PIL path",
-    strict=True,
-)
 @pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 def test_tensor_decode_resize_matches_the_pil_path(tmp_path):
     from skimage import data as skdata

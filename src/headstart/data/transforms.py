@@ -76,7 +76,7 @@ def preprocess_array_batch(images: np.ndarray, spec: BackboneSpec) -> torch.Tens
     height, width = batch.shape[-2:]
     short = resize_size(spec, min(height, width))
     scale = short / min(height, width)
-    new_size = (max(short, round(height * scale)), max(short, round(width * scale)))
+    new_size = (max(short, int(height * scale)), max(short, int(width * scale)))  # truncate, as torchvision does
     if new_size != (height, width):
         mode = "bicubic" if spec.interpolation == "bicubic" else "bilinear"
         batch = F.interpolate(batch, size=new_size, mode=mode, align_corners=False, antialias=True)

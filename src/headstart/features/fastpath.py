@@ -98,7 +98,7 @@ def resize_crop_normalize(images: list[torch.Tensor], spec: BackboneSpec) -> tor
         batch = torch.stack([images[i] for i in members]).float()
         short = resize_size(spec, min(height, width))
         scale = short / min(height, width)
-        new_size = (max(short, round(height * scale)), max(short, round(width * scale)))
+        new_size = (max(short, int(height * scale)), max(short, int(width * scale)))  # truncate, as torchvision does
         if new_size != (height, width):
             batch = F.interpolate(batch, size=new_size, mode=mode, align_corners=False, antialias=True).clamp_(0, 255)
         out[members] = normalize_uint8(center_crop(batch, size), spec)
