@@ -190,7 +190,7 @@ def test_test_predictions_from_files_and_texts(tmp_path):
     write_test_predictions(texts, [0, 1], ["pos", "neg"], ["neg", "neg"], [0.99, 0.6], items=["so good", "awful"], modality="text")
     assert not (texts / "thumbnails").exists()
     page = render_report(texts)
-    assert '<div class="text-item">so good</div>' in page
+    assert '<div class="text-item" title="so good">so good</div>' in page
 
 
 def test_rank_rows_accepts_the_likely_formats():

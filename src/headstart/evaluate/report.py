@@ -946,14 +946,16 @@ def _wrong_section(run: RunFiles, limit: int = WRONG_SHOWN) -> Section | None:
             picture = thumb.read_bytes()
         elif row.get("item") and Path(row["item"]).suffix.lower() in IMAGE_EXTENSIONS and Path(row["item"]).is_file():
             picture = _thumbnail(row["item"])
+        card = "card"
         if picture is not None:
             figure = _img(picture, f"test example {row.get('index')}", css="thumb")
         elif row.get("item"):
-            figure = f'<div class="text-item">{_e(row["item"][:240])}</div>'
+            figure = f'<div class="text-item" title="{_e(row["item"])}">{_e(row["item"][:240])}</div>'
+            card = "card text"
         else:
             figure = '<div class="text-item">(no picture)</div>'
         cards.append(
-            f'<figure class="card">{figure}<figcaption><span class="true">true: {_e(row.get("true"))}</span>'
+            f'<figure class="{card}">{figure}<figcaption><span class="true">true: {_e(row.get("true"))}</span>'
             f'<span class="pred">pred: {_e(row.get("predicted"))}</span>'
             f'<span class="conf">p={_number(row["confidence"]):.2f} · #{_e(row.get("index"))}</span></figcaption></figure>'
         )
@@ -1047,6 +1049,7 @@ img.square { max-width:720px; }
 .cards { display:flex; flex-wrap:wrap; gap:10px; }
 .card { margin:0; width:132px; border:1px solid var(--line); border-radius:6px; padding:6px; background:#fff; }
 .card.wide { width:auto; max-width:380px; }
+.card.text { width:250px; }
 .card figcaption { font-size:11.5px; margin-top:4px; display:flex; flex-direction:column; }
 .card .true { color:#15803d; } .card .pred { color:#b91c1c; font-weight:600; } .card .conf { color:var(--muted); }
 img.thumb { width:118px; height:118px; object-fit:contain; image-rendering:pixelated; background:#111827; border-radius:4px; display:block; }
