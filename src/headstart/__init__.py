@@ -1,6 +1,8 @@
 """headstart: transfer learning from pretrained backbones, with a content-addressed feature store.
 
 The public API is small; heavy dependencies import lazily inside the functions that need them.
+Metrics live in :mod:`headstart.evaluate` (``from headstart.evaluate import evaluate``): a
+top-level ``evaluate`` function would be shadowed by that subpackage once it is imported.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ _LAZY = {
     "LinearProbe": "headstart.heads",
     "KNNProbe": "headstart.heads",
     "MLPHead": "headstart.heads",
-    "evaluate": "headstart.evaluate",
     "Bundle": "headstart.bundle",
     "HeadstartError": "headstart.errors",
 }
@@ -34,7 +35,6 @@ __all__ = [
     "LinearProbe",
     "MLPHead",
     "__version__",
-    "evaluate",
     "extract",
     "list_backbones",
     "load_backbone",
@@ -46,7 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from headstart.bundle import Bundle
     from headstart.data import load_data
     from headstart.errors import HeadstartError
-    from headstart.evaluate import evaluate
     from headstart.features import FeatureStore, extract
     from headstart.heads import KNNProbe, LinearProbe, MLPHead
 
