@@ -68,3 +68,16 @@ def test_gpu_path_matches_cpu_within_bf16_tolerance(photo_folder, tmp_path):
     a, b = cpu.X[cpu.valid], gpu.X[gpu.valid]
     cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     assert cosine.min() > 0.97
+
+
+def test_cpu_extraction_folds_batchnorm_without_changing_features(tiny_arrays):
+    from headstart.features.extract import fused_for_cpu
+
+    backbone = load_backbone("tv:mobilenet_v2@random")
+    fused = fused_for_cpu(backbone)
+    assert fused is not backbone
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.model.modules())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(fused(x), backbone(x), atol=1e-4)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.model.modules()), "the original stays unfused"
