@@ -211,6 +211,17 @@ def test_early_stopping_keeps_the_best_epoch(data, monkeypatch):
     assert result.best_epoch == 1 and [row["best"] for row in result.history] == [True, True, False, False]
 
 
+def test_lp_ft_keeps_the_probe_when_fine_tuning_does_not_beat_it(data, tmp_path, monkeypatch):
+    scores = iter([(0.3, 0.9), (0.5, 0.8), (0.4, 0.9)])  # (loss, accuracy): the start, then epochs 0 and 1
+    monkeypatch.setattr(loop, "_validate", lambda *args: next(scores))
+    result = finetune(data, TINY_BACKBONE, strategy="lp-ft", epochs=5, patience=2, image_size=32, out=tmp_path / "run", quiet=True)
+    assert result.best_epoch == -1 and result.start == {"val_loss": 0.3, "val_accuracy": 0.9}
+    assert result.stopped_early and [row["best"] for row in result.history] == [False, False]
+    # the kept weights are the probe's: the model scores on test as the probe did on the stored features
+    assert result.test.accuracy == pytest.approx(result.probe_test_accuracy, abs=1.5 / result.test.n)
+    assert torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)["loop"]["best_epoch"] == -1
+
+
 def test_policy_errors_reach_the_user(data):
     with pytest.raises(PolicyError, match="Similar names"):
         finetune(data, TINY_BACKBONE, policy=FinetunePolicy(trainable=("layer4.*",)), epochs=1, image_size=32, quiet=True)

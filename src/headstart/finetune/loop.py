@@ -44,7 +44,7 @@ from headstart.finetune.model import FinetuneModel, head_to_probe_state
 from headstart.finetune.policy import STRATEGIES, CompiledPolicy, FinetunePolicy, PolicyError, strategy_policy
 
 # Base (head) learning rate of each strategy when --lr is not given.
-DEFAULT_LR = {"lp-ft": 3e-4, "linear-then-full": 1e-3, "last-stage": 1e-3, "gradual": 1e-3, "full": 1e-3, "lora": 1e-3, "custom": 1e-3}
+DEFAULT_LR = {"lp-ft": 1e-4, "linear-then-full": 1e-3, "last-stage": 1e-3, "gradual": 1e-3, "full": 1e-3, "lora": 1e-3, "custom": 1e-3}
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -67,10 +67,12 @@ class FinetuneResult:
         policy: The policy that ran.
         lr: The base (head) learning rate.
         history: One dict per epoch: losses, accuracies, learning rate, phase, seconds.
-        best_epoch: The epoch whose weights were kept (best validation metric).
+        best_epoch: The epoch whose weights were kept (best validation accuracy, then loss); -1
+            when LP-FT's starting point (the probe's head on the pretrained backbone) stayed best.
         stopped_early: Whether early stopping ended the run.
         test: Test metrics of the kept weights (None without a test split, and on processes other than the main one).
         probe_test_accuracy: For ``lp-ft``: the test accuracy of the initial linear probe.
+        start: For ``lp-ft``: validation loss and accuracy before fine-tuning (the probe's head).
         bundle: The fine-tuned model as a :class:`Bundle`.
         bundle_path: Where the bundle was saved (None without ``out``).
         out: The run directory.
@@ -90,6 +92,7 @@ class FinetuneResult:
     stopped_early: bool
     test: EvalResult | None
     probe_test_accuracy: float | None
+    start: dict[str, float] | None
     bundle: Bundle = field(repr=False)
     bundle_path: Path | None
     out: Path | None
@@ -112,6 +115,7 @@ class FinetuneResult:
             "policy": self.policy.to_dict(),
             "lr": self.lr,
             "best_epoch": self.best_epoch,
+            "start": self.start,
             "stopped_early": self.stopped_early,
             "test": self.test.to_dict() if self.test else None,
             "test_accuracy": self.test.accuracy if self.test else None,
@@ -171,7 +175,7 @@ def finetune(
         policy: A :class:`FinetunePolicy` or a YAML file of one, instead of a strategy.
         epochs: Most epochs to train.
         lr: The head's learning rate (other groups scale it by the policy); None takes the
-            strategy's default (3e-4 for lp-ft, 1e-3 otherwise).
+            strategy's default (1e-4 for lp-ft, 1e-3 otherwise).
         batch_size: Global batch size per step, split across processes.
         accumulation_steps: Batches per optimizer step (the effective batch is their product).
         optimizer: ``adamw`` or ``sgd`` (momentum 0.9, Nesterov).
@@ -324,6 +328,17 @@ def finetune(
     else:
         batcher = Batcher(data, spec, augment, seed, rank, world, accelerator.device, _workers(num_workers, data))
     best_state = None
+    phase = policy.phase_at(state["epoch"]) if resume else 0
+    if policy.head_init == "probe" and not resume and len(val_rows):
+        # LP-FT starts from the probe: its weights are the first candidate for the kept weights
+        # (epoch -1), so fine-tuning replaces them only once it does better on validation.
+        start_loss, start_acc = _validate(model, accelerator, batcher, val_rows, batch_size)
+        state.update(best_key=[start_acc, -start_loss], best_epoch=-1, start={"val_loss": start_loss, "val_accuracy": start_acc})
+        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if main and not quiet:
+            _err(f"start (the probe's head): val loss {start_loss:.4f} acc {start_acc:.3f}")
+        if main and out is not None:
+            save_checkpoint(out / "checkpoints" / "best.pt", _checkpoint(settings, model, inner, scheduler, accelerator, policy, phase, state))
     phase = None
     net = model
     epoch = state["epoch"]
@@ -373,17 +388,7 @@ def finetune(
                 state["done"] = True
             logger.epoch(row, epochs)
             if main and out is not None:
-                checkpoint = {
-                    "settings": settings,
-                    "model": model.state_dict(),
-                    "optimizer": inner.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                    "rng": rng_state(),
-                    "policy": policy.to_dict(),
-                    "phase": phase,
-                    "loop": state,
-                }
+                checkpoint = _checkpoint(settings, model, inner, scheduler, accelerator, policy, phase, state)
                 save_checkpoint(out / "checkpoints" / "last.pt", checkpoint)
                 if improved:
                     save_checkpoint(out / "checkpoints" / "best.pt", checkpoint)
@@ -415,7 +420,7 @@ def finetune(
     )
     result = FinetuneResult(
         backbone=spec.name, strategy=policy.strategy, policy=policy, lr=lr, history=state["history"], best_epoch=state["best_epoch"],
-        stopped_early=state["stopped_early"], test=test, probe_test_accuracy=probe_test_accuracy, bundle=bundle, bundle_path=None,
+        stopped_early=state["stopped_early"], test=test, probe_test_accuracy=probe_test_accuracy, start=state.get("start"), bundle=bundle, bundle_path=None,
         out=out, seconds=time.perf_counter() - started, processes=world, device=str(accelerator.device),
         mixed_precision=accelerator.mixed_precision, model=model,
     )
@@ -426,11 +431,27 @@ def finetune(
     if main and not quiet:
         tail = f"; probe {probe_test_accuracy:.3f}" if probe_test_accuracy is not None else ""
         score = f"test accuracy {test.accuracy:.3f}" if test else "no test split"
-        _err(f"kept epoch {state['best_epoch']}: {score}{tail}" + (f"; bundle {result.bundle_path}" if result.bundle_path else ""))
+        kept = f"kept epoch {state['best_epoch']}" if state["best_epoch"] >= 0 else "kept the probe's weights (no epoch beat them on validation)"
+        _err(f"{kept}: {score}{tail}" + (f"; bundle {result.bundle_path}" if result.bundle_path else ""))
     return result
 
 
 # ----- set-up helpers -----------------------------------------------------------------------------
+
+def _checkpoint(settings, model, optimizer, scheduler, accelerator, policy, phase, state) -> dict[str, Any]:
+    """Everything a resumed run needs, as :func:`save_checkpoint` writes it."""
+    return {
+        "settings": settings,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+        "rng": rng_state(),
+        "policy": policy.to_dict(),
+        "phase": phase,
+        "loop": state,
+    }
+
 
 def _check_arguments(epochs, lr, batch_size, accumulation_steps, optimizer, warmup_epochs, label_smoothing, patience, val_fraction, mixed_precision, resume, out) -> None:
     def positive_int(value, name):
