@@ -611,3 +611,58 @@ def test_cli_finetune_lora_on_a_text_table(tiny_bert, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["strategy"] == "lora" and summary["policy"]["lora_rank"] == 2 and summary["policy"]["lora_targets"] == ["query"]
     assert (tmp_path / "run" / "bundle" / "adapter.safetensors").is_file()
+
+
+# ----- ranking ------------------------------------------------------------------------------------
+
+
+def _keyword_dataset(n_per_class: int = 20) -> Dataset:
+    """Spam vs ham where one keyword decides."""
+    rng = np.random.default_rng(0)
+    filler = ["see", "you", "at", "the", "meeting", "today", "please", "send", "notes", "thanks", "call", "later"]
+    texts, labels = [], []
+    for i in range(2 * n_per_class):
+        words = list(rng.choice(filler, 7))
+        label = i % 2
+        words.insert(int(rng.integers(0, 7)), "unsubscribe" if label else "agenda")
+        texts.append(" ".join(words))
+        labels.append(label)
+    return Dataset("keywords", "text", ["ham", "spam"], texts, np.array(labels), np.full(len(texts), "train", dtype=object))
+
+
+def test_rank_text_encoders_beside_the_tfidf_baseline(tiny_bert):
+    from headstart.select.rank import rank_backbones
+
+    table = rank_backbones([f"hf:{tiny_bert}@random", "sk:tfidf"], _keyword_dataset(), sample=40, layers=["pooled", "hidden.1"], quiet=True)
+    by_name = {row.candidate: row for row in table.rows}
+    assert set(by_name) == {f"hf:{tiny_bert}@random", f"hf:{tiny_bert}@random#hidden.1", "sk:tfidf"}  # one baseline row, no @size
+    baseline = by_name["sk:tfidf"]
+    assert baseline.scores["linear"] >= 0.9 and baseline.scores["logme"] is None and baseline.scores["knn"] is None
+    assert "no fixed feature space" in baseline.undefined["logme"]
+    assert baseline.feature_dim > 10 and baseline.image_size is None and "no network" in baseline.cost_error
+    assert [row.rank for row in table.rows] == [1, 2, 3] and baseline.combined is not None
+    encoder = by_name[f"hf:{tiny_bert}@random"]
+    assert encoder.scores["logme"] is not None and encoder.feature_dim == 32
+
+
+def test_tfidf_candidate_on_image_data_is_skipped_with_the_reason(tiny_arrays, tiny_bert):
+    from headstart.data.sources import assign_splits, from_arrays
+    from headstart.select.rank import rank_backbones
+
+    images = assign_splits(from_arrays(*tiny_arrays), per_class=None, seed=0, test_fraction=0.2)
+    table = rank_backbones(["timm:test_efficientnet@random", "sk:tfidf"], images, sample=30, cost=False, quiet=True)
+    assert [c for c, _ in table.skipped] == ["sk:tfidf"] and "this dataset is image" in table.skipped[0][1]
+
+
+def test_cli_rank_text_table(tiny_bert, tmp_path):
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    data = _keyword_dataset()
+    path = tmp_path / "mail.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "label": data.classes[y]}) for t, y in zip(data.items, data.labels)))
+    result = CliRunner().invoke(app, ["rank", str(path), "-c", f"hf:{tiny_bert}@random,sk:tfidf", "--sample", "30", "--json"])
+    assert result.exit_code == 0, result.output
+    ranked = json.loads(result.stdout)
+    assert {row["candidate"] for row in ranked["rows"]} == {f"hf:{tiny_bert}@random", "sk:tfidf"}

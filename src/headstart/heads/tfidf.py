@@ -63,7 +63,7 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.random_state = random_state
 
-    def _pipeline(self, multilabel: bool):
+    def _pipeline(self, multilabel: bool, binary: bool):
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.multiclass import OneVsRestClassifier
@@ -72,7 +72,9 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         vectorizer = TfidfVectorizer(
             ngram_range=tuple(self.ngram_range), min_df=self.min_df, max_features=self.max_features, sublinear_tf=self.sublinear_tf,
         )
-        classifier = LogisticRegression(max_iter=2000, class_weight=self.class_weight)
+        # liblinear is several times faster on sparse binary problems (each label of a multi-label one is binary).
+        solver = "liblinear" if binary or multilabel else "lbfgs"
+        classifier = LogisticRegression(solver=solver, max_iter=2000, class_weight=self.class_weight)
         if multilabel:
             classifier = OneVsRestClassifier(classifier)
         return Pipeline([("tfidf", vectorizer), ("clf", classifier)])
@@ -91,6 +93,7 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
             raise DataError(f"{type(self).__name__}: {len(texts)} texts but {len(y)} labels; they must match.")
         multilabel = y.ndim == 2
         self.multilabel_ = multilabel
+        binary = not multilabel and len(np.unique(y)) == 2
         if multilabel:
             self.classes_ = np.arange(y.shape[1])
             splitter = KFold(n_splits=max(2, min(self.cv, len(y))), shuffle=True, random_state=self.random_state)
@@ -106,9 +109,9 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         if splitter is None or len(Cs) == 1:
             self.C_ = Cs[len(Cs) // 2]
             self.cv_score_ = None
-            self.pipeline_ = self._pipeline(multilabel).set_params(**{name: self.C_}).fit(texts, y)
+            self.pipeline_ = self._pipeline(multilabel, binary).set_params(**{name: self.C_}).fit(texts, y)
         else:
-            search = GridSearchCV(self._pipeline(multilabel), {name: Cs}, cv=splitter, refit=True, n_jobs=1)
+            search = GridSearchCV(self._pipeline(multilabel, binary), {name: Cs}, cv=splitter, refit=True, n_jobs=1)
             search.fit(texts, y)
             self.C_ = float(search.best_params_[name])
             self.cv_score_ = float(search.best_score_)
@@ -167,3 +170,41 @@ def cv_accuracy(texts: Sequence[str], labels: np.ndarray, seed: int = 0, folds: 
         model = TfidfLogReg(cv=3, random_state=seed).fit([texts[i] for i in train], labels[train])
         correct += int(np.sum(model.predict([texts[i] for i in test]) == labels[test]))
     return correct / len(labels)
+
+
+def rank_scores(names: Sequence[str], texts: Sequence[str], labels: np.ndarray, seed: int = 0) -> tuple[dict[str, float | None], dict[str, str], dict[str, float], int]:
+    """The ``sk:tfidf`` candidate's scores for :func:`headstart.select.rank_backbones`.
+
+    Only ``linear`` is defined: the cross-validated accuracy of :class:`TfidfLogReg`
+    (:func:`cv_accuracy`), the same measure as a backbone's linear probe. The transferability scores
+    and ``knn`` need one fixed feature space, and TF-IDF has none: its vocabulary and weights are
+    fitted on each fold's training texts.
+
+    Returns:
+        Values (None where undefined), the reason for each undefined score, seconds per score,
+        and the vocabulary size of TF-IDF fitted on all the texts (its feature width).
+    """
+    import time
+
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    values: dict[str, float | None] = {}
+    reasons: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for name in names:
+        started = time.perf_counter()
+        if name == "linear":
+            try:
+                values[name] = cv_accuracy(texts, labels, seed=seed)
+            except DataError as error:
+                values[name] = None
+                reasons[name] = str(error)
+        else:
+            values[name] = None
+            reasons[name] = (
+                f"{CANDIDATE} has no fixed feature space (its vocabulary is fitted on each fold's texts), so only the linear "
+                "probe, its cross-validated accuracy, is defined."
+            )
+        seconds[name] = time.perf_counter() - started
+    width = len(TfidfVectorizer(ngram_range=(1, 2), max_features=50_000).fit(list(texts)).vocabulary_)
+    return values, reasons, seconds, width

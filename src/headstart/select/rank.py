@@ -265,7 +265,7 @@ class RankRow:
         candidate: The candidate as ``NAME[#LAYER][@SIZE]``, with layer and size filled in.
         backbone: The backbone name.
         layer: The layer the features come from (``pooled`` for the penultimate one).
-        image_size: The input side in pixels.
+        image_size: The input side in pixels (None for text encoders and baselines).
         feature_dim: The width of the features.
         pretrained: False for a random initialisation.
         scores: Score name to value; None where the score is undefined.
@@ -286,7 +286,7 @@ class RankRow:
     candidate: str
     backbone: str
     layer: str
-    image_size: int
+    image_size: int | None
     feature_dim: int
     pretrained: bool
     scores: dict[str, float | None]
@@ -653,6 +653,15 @@ def rank_backbones(
     loaded: tuple[str, Any] | None = None
     for position, candidate in enumerate(plan, start=1):
         label = str(candidate)
+        if candidate.backbone in BASELINES:
+            baseline = _baseline_row(candidate, sub, names, seed, cost, rows)
+            if isinstance(baseline, str):
+                skipped.append((label, baseline))
+                say(f"[{position}/{len(plan)}] skipped {label}: {baseline}")
+            elif baseline is not None:
+                rows.append(baseline)
+                say(f"[{position}/{len(plan)}] {label}: TF-IDF + logistic regression on the raw texts")
+            continue
         load_started = time.perf_counter()
         try:
             if loaded is None or loaded[0] != candidate.backbone:
@@ -665,9 +674,9 @@ def rank_backbones(
             say(f"[{position}/{len(plan)}] skipped {label}: {error}")
             continue
         load_seconds = time.perf_counter() - load_started
-        size = candidate.image_size or image_size or backbone.spec.input_size
+        size = (candidate.image_size or image_size or backbone.spec.input_size) if backbone.spec.modality == "image" else None
         spec = backbone.spec.with_input_size(size)
-        say(f"[{position}/{len(plan)}] {label}: features of {len(rows_index)} images at {size} px")
+        say(f"[{position}/{len(plan)}] {label}: features of {len(rows_index)} {f'images at {size} px' if size else 'texts'}")
 
         # Features: read the subsample's rows back when the whole dataset is stored (as after a
         # probe run), else extract just the subsample.
@@ -729,6 +738,28 @@ def rank_backbones(
         seed=seed,
         seconds=time.perf_counter() - started,
     )
+
+
+# Candidates that are not backbones: baselines fitted on the raw inputs, scored by the same probes.
+BASELINES = ("sk:tfidf",)
+
+
+def _baseline_row(candidate: Candidate, sub: Dataset, names: tuple[str, ...], seed: int, cost: bool, rows: list[RankRow]) -> RankRow | str | None:
+    """The row of a baseline candidate, the reason it cannot be ranked, or None when already ranked."""
+    from headstart.heads import tfidf
+
+    if any(row.backbone == candidate.backbone for row in rows):
+        return None  # a baseline has no layers: one row, whatever --layers says
+    if sub.modality != "text":
+        return f"{candidate.backbone} is a text baseline (TF-IDF + logistic regression), but this dataset is {sub.modality}."
+    values, reasons, seconds, width = tfidf.rank_scores(names, list(sub.items), sub.labels, seed)
+    row = RankRow(
+        candidate=candidate.backbone, backbone=candidate.backbone, layer="tfidf", image_size=None, feature_dim=width,
+        pretrained=False, scores=values, undefined=reasons, score_seconds=seconds, n_samples=len(sub),
+    )
+    if cost:
+        row.cost_error = f"{candidate.backbone} has no network; its cost is not measured."
+    return row
 
 
 def _finish(rows: list[RankRow], combination: Combination) -> None:
