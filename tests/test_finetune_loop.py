@@ -264,7 +264,8 @@ def test_two_gloo_processes_agree_with_one(npz, tmp_path):
     """torchrun with 2 CPU processes (gloo): each takes half of every global batch; metrics match one process."""
     policy = tmp_path / "policy.yaml"
     # BatchNorm in eval mode makes each sample's computation independent of how the batch is split.
-    policy.write_text(FinetunePolicy(trainable=["head"], unfreeze={1: ["*"]}, bn="stats-frozen").to_yaml())  # re-wraps DDP in epoch 1
+    # LP-FT's probe is fitted by the main process alone and broadcast; DDP is wrapped again in epoch 1.
+    policy.write_text(FinetunePolicy(trainable=["head"], unfreeze={1: ["*"]}, bn="stats-frozen", head_init="probe").to_yaml())
     common = [str(HELPER), str(npz), "--policy", str(policy), "--epochs", "2", "--lr", "3e-3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, *common[:1], common[1], str(tmp_path / "one"), *common[2:]], capture_output=True, text=True, env=env, timeout=600, check=False)
@@ -282,6 +283,7 @@ def test_two_gloo_processes_agree_with_one(npz, tmp_path):
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
         assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=0.04)
     assert one["test_accuracy"] == pytest.approx(two["test_accuracy"], abs=0.03)
+    assert one["start"]["val_loss"] == pytest.approx(two["start"]["val_loss"], rel=1e-5)
     assert len(one["history"]) == len(two["history"]) == 2
     assert (one["processes"], two["processes"]) == (1, 2)
     assert [row["phase"] for row in two["history"]] == [0, 1]

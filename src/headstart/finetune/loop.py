@@ -311,6 +311,7 @@ def finetune(
         if not quiet:
             _err(f"{out} holds an earlier fine-tuning run: starting a new one there (add --resume to continue the old one instead)")
         shutil.rmtree(out / "tensorboard", ignore_errors=True)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
     logger = _Logger(out, main, quiet, resumed_epoch=state["epoch"] if resume else None)
     if main and not quiet and not resume:
         summary = compiled.summary(0)
@@ -332,6 +333,7 @@ def finetune(
     if policy.head_init == "probe" and not resume and len(val_rows):
         # LP-FT starts from the probe: its weights are the first candidate for the kept weights
         # (epoch -1), so fine-tuning replaces them only once it does better on validation.
+        _broadcast_from_main(model, accelerator)  # only the main process fitted the probe
         start_loss, start_acc = _validate(model, accelerator, batcher, val_rows, batch_size)
         state.update(best_key=[start_acc, -start_loss], best_epoch=-1, start={"val_loss": start_loss, "val_accuracy": start_acc})
         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -575,6 +577,17 @@ def _workers(num_workers: int | None, data: Dataset) -> int:
     if data.in_memory:
         return 0
     return max(0, min(8, os.cpu_count() or 1)) if num_workers is None else num_workers
+
+
+def _broadcast_from_main(model: FinetuneModel, accelerator) -> None:
+    """Copy the main process's parameters and buffers to the other processes (no-op on one)."""
+    if accelerator.num_processes == 1:
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, src=0)
 
 
 def _wrap(model: FinetuneModel, accelerator):
