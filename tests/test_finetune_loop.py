@@ -310,3 +310,25 @@ def test_bf16_autocast_on_cpu_after_an_fp32_run(data):
     finetune(data, TINY_BACKBONE, strategy="last-stage", epochs=1, image_size=32, quiet=True, mixed_precision="no")
     result = finetune(data, TINY_BACKBONE, strategy="last-stage", epochs=1, image_size=32, quiet=True, mixed_precision="bf16")
     assert result.mixed_precision == "bf16" and np.isfinite(result.history[0]["train_loss"])
+
+
+def test_gradient_accumulation_matches_one_big_batch(data, monkeypatch):
+    """12 x 2 accumulated equals 24 in one step (BatchNorm in eval mode, no random crops)."""
+    from headstart.finetune import data as finetune_data
+
+    monkeypatch.setattr(finetune_data, "augment_batch", lambda images, spec, config, seed, keep=None, device="cpu": preprocess_array_batch(images[keep], spec))
+    policy = FinetunePolicy(trainable=("*",), bn="stats-frozen")
+    runs = []
+    for batch_size, steps in ((24, 1), (12, 2)):
+        backbone = load_backbone(TINY_BACKBONE)
+        result = finetune(data, backbone, policy=policy, epochs=2, batch_size=batch_size, accumulation_steps=steps, optimizer="sgd",
+                          lr=0.05, image_size=32, quiet=True)
+        runs.append((result, {k: v.clone() for k, v in backbone.model.state_dict().items()}))
+    (one, weights_one), (two, weights_two) = runs
+    for a, b in zip(one.history, two.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    for key, value in weights_one.items():
+        torch.testing.assert_close(value, weights_two[key], rtol=1e-4, atol=1e-6)
+    initial = load_backbone(TINY_BACKBONE).model.conv_stem.weight
+    assert not torch.allclose(weights_one["conv_stem.weight"], initial, atol=1e-4), "the runs must actually train"

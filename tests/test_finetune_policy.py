@@ -231,3 +231,23 @@ def test_augmentation_is_seeded_and_the_same_on_every_process(tiny_backbone):
     from headstart.data.transforms import normalize_uint8
 
     torch.testing.assert_close(whole, normalize_uint8(resized, spec), atol=1e-3, rtol=0)
+
+
+def test_randaugment_is_seeded_on_arrays_and_files(tiny_backbone):
+    from PIL import Image
+
+    from headstart.finetune.augment import pil_train_transform
+
+    spec = tiny_backbone.spec.with_input_size(24)
+    images = np.random.default_rng(1).integers(0, 255, size=(4, 20, 20, 3), dtype=np.uint8)
+    config = AugmentConfig(randaugment=True)
+    a = augment_batch(images, spec, config, seed=3)
+    assert a.shape == (4, 3, 24, 24) and torch.equal(a, augment_batch(images, spec, config, seed=3))
+    state = torch.get_rng_state()
+    augment_batch(images, spec, config, seed=4)
+    assert torch.equal(state, torch.get_rng_state()), "RandAugment must not draw from the global generator"
+    transform = pil_train_transform(spec, config)
+    torch.manual_seed(0)
+    first = transform(Image.fromarray(images[0]))
+    torch.manual_seed(0)
+    assert first.shape == (3, 24, 24) and torch.equal(first, transform(Image.fromarray(images[0])))
