@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.headstart-setup
 ASSETS := $(VENV)/share/headstart
 
-.PHONY: setup demo test test-fast bench clean-venv
+.PHONY: setup demo test test-all test-fast bench clean-venv
 
 setup: $(STAMP)
 
@@ -24,7 +24,12 @@ $(STAMP): pyproject.toml Makefile scripts/install_assets.sh scripts/install_brow
 demo: setup
 	$(VENV)/bin/headstart demo
 
+# The suite: unit tests, CLI tests and the real-weight integration tests. The slow documentation
+# examples (whole demo, fine-tuning and multi-process runs, tens of minutes on 2 cores) run in test-all.
 test: setup
+	$(PY) -m pytest -q -m "not docs"
+
+test-all: setup
 	$(PY) -m pytest -q
 
 test-fast: setup

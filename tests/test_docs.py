@@ -198,7 +198,7 @@ def _params():
         if block.skip is not None:
             marks.append(pytest.mark.skip(reason=f"skip-test: {block.skip}"))
         if block.slow:
-            marks.append(pytest.mark.slow)
+            marks += [pytest.mark.slow, pytest.mark.docs]
         yield pytest.param(block, id=f"{block.name}-{block.language}", marks=marks)
 
 
