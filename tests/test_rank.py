@@ -195,6 +195,30 @@ def test_finish_sorts_ranks_and_marks_fronts():
     assert rows[-1].combined is None and not rows[-1].pareto
 
 
+# ----- probes ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "n_classes", "dim", "seed"), [(60, 3, 8, 0), (150, 10, 32, 1), (41, 4, 5, 2), (300, 5, 64, 3)])
+def test_knn_shortcut_scores_what_knnprobe_scores(n, n_classes, dim, seed):
+    """The one-distance-matrix kNN cross-validation equals fitting KNNProbe on every fold."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from headstart.heads import KNNProbe
+    from headstart.select.rank import _knn_cv_accuracy
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % n_classes
+    features = rng.normal(size=(n, dim)) + 0.7 * rng.normal(size=(n_classes, dim))[labels]
+    folds = int(min(5, np.bincount(labels).min()))
+    correct = 0
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels):
+        head = KNNProbe(random_state=seed).fit(features[train], labels[train])
+        correct += int(np.sum(head.predict(features[test]) == labels[test]))
+    expected = correct / n
+    assert 0.2 < expected < 1.0  # hard enough that the choice of k and the votes matter
+    assert _knn_cv_accuracy(features, labels, seed, folds) == expected
+
+
 # ----- cost -------------------------------------------------------------------------------------------
 
 
@@ -323,12 +347,13 @@ def test_cli_rank_json_and_out(blobs, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(app, [
         "rank", str(tmp_path / "blobs.npz"), "--candidates", f"{blobs['grid']},{blobs['noise']}", "--scores", "logme,knn",
-        "--sample", "24", "--no-cost", "--json", "--out", str(out), "--cache-dir", str(tmp_path / "store"),
+        "--combine", "logme,knn", "--method", "zscore", "--sample", "24", "--no-cost", "--json", "--out", str(out), "--cache-dir", str(tmp_path / "store"),
     ])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["rows"][0]["backbone"] == blobs["grid"]
-    assert document["combination"]["scores"] == ["logme", "knn"]
+    assert document["combination"] == {"method": "zscore", "scores": ["logme", "knn"], "description": "mean of z-scores of logme, knn"}
+    assert all(row["cost"] is None for row in document["rows"])  # --no-cost
     assert (out / "rank.json").is_file() and (out / "rank.csv").is_file()
 
 
