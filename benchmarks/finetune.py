@@ -97,6 +97,7 @@ def run(args) -> str:
     from headstart.probe import probe
 
     started = time.perf_counter()
+    load_start = os.getloadavg()[0]
     data = load_data("builtin:animal-mnist", per_class=args.per_class, seed=0)
     train_rows, val_rows, _ = split_indices(data, 0.1, 0)  # what finetune() trains and validates on
     n_all, n_test = len(data.indices("train")), len(data.indices("test"))
@@ -128,7 +129,9 @@ def run(args) -> str:
         f"`benchmarks/finetune.py`: Animal-MNIST, {args.per_class} training images per class ({len(train_rows)} train + "
         f"{len(val_rows)} validation for fine-tuning), {n_test:,} test images, {BACKBONE}, {args.image_size} px, "
         f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), "
-        f"torch {torch.__version__}, Python {platform.python_version()}; the whole script took {total / 60:.1f} min.",
+        f"torch {torch.__version__}, Python {platform.python_version()}; the whole script took {total / 60:.1f} min "
+        f"(load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end: on a shared machine wall times "
+        "mostly measure the other jobs, and CPU times are the steadier comparison).",
         "",
         "| model | epochs run | test accuracy | s/epoch | total s |",
         "|---|---|---|---|---|",
