@@ -13,6 +13,7 @@ import numpy as np
 
 DEMO_BACKBONES = ("tv:mobilenet_v2.IMAGENET1K_V1", "timm:tf_efficientnet_lite0", "tv:mobilenet_v2@random")
 DEMO_HEADS = ("linear", "knn", "mlp")
+RANK_PER_CLASS = 20  # the ranking step scores 20 training images per class
 FINETUNE_BACKBONE = "tv:mobilenet_v2.IMAGENET1K_V1"
 FINETUNE_EPOCHS = 2  # a taste that keeps the demo short; LP-FT needs about 5 epochs here to beat the probe
 
@@ -24,8 +25,10 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
         1. Load built-in Animal-MNIST: ``per_class`` training images per class, 2,000 test images.
         2. Extract features with two offline ImageNet backbones and a random-init control
            (through the feature store: a second run reads them back).
-        3. Fit linear, kNN and MLP heads on each, and evaluate them on the test split.
-        4. Print the comparison table and save every bundle; the best one goes to ``out/bundle``.
+        3. Rank the backbones before training anything: scores and cheap probes on 20 training
+           images per class (rows of the features just stored), with each backbone's cost.
+        4. Fit linear, kNN and MLP heads on each, evaluate them on the test split, print the
+           comparison table and save every bundle; the best one goes to ``out/bundle``.
         5. Reload the best bundle from disk and predict a few test images with it.
         6. Fine-tune MobileNetV2 with LP-FT (the linear probe's head first, then the whole network
            for a short schedule) and compare its test accuracy with the linear probe's.
@@ -33,7 +36,9 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
     from headstart.bundle import Bundle
     from headstart.console import console, err_console
     from headstart.data import load_data
+    from headstart.features import FeatureStore, extract
     from headstart.probe import probe
+    from headstart.select.rank import print_rank_table, rank_backbones
 
     started = time.perf_counter()
     out = Path(out)
@@ -46,10 +51,26 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
         f"{sum(counts['test'].values())} test, {len(data.classes)} classes"
     )
 
-    # 2-4. Extract through the store, fit heads, evaluate, save bundles.
-    err_console.print(f"[bold]2. extract + 3. fit heads[/] {', '.join(DEMO_BACKBONES)} at {image_size} px")
-    report = probe(data, list(DEMO_BACKBONES), list(DEMO_HEADS), image_size=image_size, seed=seed, out=out, quiet=quiet)
+    # 2. Extract through the store (the ranking and the probes both read these features back).
+    store = FeatureStore()
+    err_console.print(f"[bold]2. extract[/] {', '.join(DEMO_BACKBONES)} at {image_size} px")
+    for name in DEMO_BACKBONES:
+        extract(name, data, image_size=image_size, store=store, quiet=quiet)
+
+    # 3. Rank the backbones on a small subsample, before fitting any head.
+    sample = RANK_PER_CLASS * len(data.classes)
+    err_console.print(f"[bold]3. rank[/] on {sample} training images (transferability scores, a cross-validated probe, cost)")
+    ranking = rank_backbones(list(DEMO_BACKBONES), data, sample=sample, image_size=image_size, seed=seed, store=store, quiet=True)
+    print_rank_table(ranking, title=f"Animal-MNIST, backbones ranked on {ranking.sample['n_samples']} training images")
+    ranking.write(out)
+
+    # 4. Fit heads, evaluate, save bundles.
+    err_console.print(f"[bold]4. fit heads[/] {', '.join(DEMO_HEADS)} on all {sum(counts['train'].values())} training images")
+    report = probe(data, list(DEMO_BACKBONES), list(DEMO_HEADS), image_size=image_size, seed=seed, out=out, store=store, quiet=quiet)
     print_probe_table(report.runs, title="Animal-MNIST, test accuracy by backbone and head")
+    linear_best = max((run for run in report.runs if run.head == "linear"), key=lambda run: run.test.accuracy)
+    verdict = "agrees with" if ranking.best.backbone == linear_best.backbone else "differs from"
+    console.print(f"ranking's pick: {ranking.best.backbone}; it {verdict} the best linear probe on all the data ({linear_best.backbone}, {linear_best.test.accuracy:.3f})")
 
     # 5. Reload the best bundle and predict a few held-out images.
     best = report.best
@@ -83,6 +104,7 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
     err_console.print(f"report: {reports[0]}  (open it in a browser; `headstart report {out}` renders it again)", highlight=False)
     return {
         "seconds": seconds,
+        "rank": [{"rank": row.rank, "candidate": row.candidate, "combined": row.combined, "scores": row.scores} for row in ranking.rows],
         "best": best.row(),
         "runs": [run.row() for run in report.runs],
         "predictions": [{"true": t, "predicted": p} for t, p in zip(truth, predicted)],
