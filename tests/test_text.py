@@ -527,6 +527,26 @@ def test_tfidf_multilabel():
 # ----- fine-tuning ---------------------------------------------------------------------------------
 
 
+def test_probe_head_ignores_features_constant_up_to_float32_rounding():
+    """MiniLM has a dimension that is constant but for float32 rounding; LP-FT must not give it a weight of ~1e6."""
+    from headstart.finetune import FinetuneModel
+    from headstart.heads import LinearProbe
+    from headstart.heads._base import standardize_params
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 50)
+    X = (rng.normal(size=(100, 8)) * 0.05 + y[:, None] * 0.02).astype(np.float32)
+    X[:, 3] = np.float32(0.031) + rng.normal(size=100).astype(np.float32) * np.float32(5e-9)  # rounding-level spread
+    X[:, 5] = rng.normal(size=100).astype(np.float32) * np.float32(1e-33)  # zero but for denormal noise
+    _, scale = standardize_params(X.astype(np.float64))
+    assert scale[3] == 1.0 and scale[5] == 1.0 and 0.01 < scale[0] < 0.1
+    probe = LinearProbe(random_state=0).fit(X, y)
+    model = FinetuneModel(load_backbone("timm:test_efficientnet@random"), 2)
+    model.head = torch.nn.Linear(8, 2)
+    model.init_head_from_probe(probe)
+    assert float(model.head.weight.abs().max()) < 100
+
+
 def test_text_policy_groups_last_n_and_layer_decay(tiny_bert):
     from headstart.finetune import FinetuneModel, FinetunePolicy
 

@@ -274,10 +274,17 @@ def stratified_split(
 
 
 def standardize_params(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return the per-feature mean and scale (standard deviation, 1 where it is 0) of ``X``."""
+    """Return the per-feature mean and scale (standard deviation, 1 where it is 0) of ``X``.
+
+    Features mostly come from float32 networks, so a spread within float32 rounding of the
+    features' magnitude counts as 0: the feature is constant, and dividing by that spread would
+    blow its rounding noise up to unit size (and, folded into a fine-tuning head, its weight up to
+    ~1e6; all-MiniLM-L6-v2 has such a dimension).
+    """
     mean = X.mean(axis=0)
     scale = X.std(axis=0)
-    scale[scale < 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean))] = 1.0
+    magnitude = float(np.abs(X).max()) if X.size else 1.0
+    scale[scale <= max(100 * np.finfo(np.float32).eps * magnitude, np.finfo(np.float64).tiny)] = 1.0
     return mean, scale
 
 
