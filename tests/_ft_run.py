@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--kill-after-epoch", type=int, default=None)
+    parser.add_argument("--ema-decay", type=float, default=None)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
 
@@ -46,7 +47,7 @@ def main() -> None:
     data = load_data(args.data, seed=0)
     loop.finetune(
         data, args.backbone, strategy=args.strategy, policy=args.policy, epochs=args.epochs, lr=args.lr,
-        batch_size=args.batch_size, image_size=32, seed=0, out=args.out, resume=args.resume, device="cpu", quiet=True,
+        batch_size=args.batch_size, ema_decay=args.ema_decay, image_size=32, seed=0, out=args.out, resume=args.resume, device="cpu", quiet=True,
     )
 
 

@@ -133,22 +133,24 @@ def test_resume_after_kill_ends_with_the_same_weights(npz, tmp_path):
     """Kill -9 right after the checkpoint of epoch 0 (gradual: epoch 1 unfreezes everything), resume, compare."""
     data = load_data(str(npz), seed=0)
     killed = tmp_path / "killed"
-    args = [sys.executable, str(HELPER), str(npz), str(killed), "--strategy", "gradual", "--epochs", "3"]
+    args = [sys.executable, str(HELPER), str(npz), str(killed), "--strategy", "gradual", "--epochs", "3", "--ema-decay", "0.9"]
     run = subprocess.run([*args, "--kill-after-epoch", "0"], capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == -9, run.stderr[-2000:]
     assert (killed / "checkpoints" / "last.pt").is_file() and not (killed / "metrics.json").exists()
     assert len((killed / "metrics.csv").read_text().strip().splitlines()) == 2  # header + epoch 0
 
-    resumed = finetune(data, TINY_BACKBONE, strategy="gradual", epochs=3, image_size=32, seed=0, out=killed, resume=True, device="cpu", quiet=True)
-    straight = finetune(data, TINY_BACKBONE, strategy="gradual", epochs=3, image_size=32, seed=0, out=tmp_path / "straight", device="cpu", quiet=True)
+    common = {"strategy": "gradual", "epochs": 3, "ema_decay": 0.9, "image_size": 32, "seed": 0, "device": "cpu", "quiet": True}
+    resumed = finetune(data, TINY_BACKBONE, out=killed, resume=True, **common)
+    straight = finetune(data, TINY_BACKBONE, out=tmp_path / "straight", **common)
     # the phase changes across the kill point: more trains after it
     assert [row["phase"] for row in straight.history] == [0, 1, 1]
     assert straight.history[1]["trainable_params"] > straight.history[0]["trainable_params"]
     for name in ("last.pt", "best.pt"):
         a = torch.load(killed / "checkpoints" / name, weights_only=True)
         b = torch.load(tmp_path / "straight" / "checkpoints" / name, weights_only=True)
-        for key, value in a["model"].items():
-            assert torch.equal(value, b["model"][key]), f"{name}: {key} differs after resume"
+        for part in ("model", "ema"):
+            for key, value in a[part].items():
+                assert torch.equal(value, b[part][key]), f"{name}: {part} {key} differs after resume"
     drop = ("seconds", "seconds_train", "cpu_seconds")
     strip = lambda history: [{k: v for k, v in row.items() if k not in drop} for row in history]
     assert strip(resumed.history) == strip(straight.history)
@@ -332,3 +334,24 @@ def test_gradient_accumulation_matches_one_big_batch(data, monkeypatch):
         torch.testing.assert_close(value, weights_two[key], rtol=1e-4, atol=1e-6)
     initial = load_backbone(TINY_BACKBONE).model.conv_stem.weight
     assert not torch.allclose(weights_one["conv_stem.weight"], initial, atol=1e-4), "the runs must actually train"
+
+
+def test_weight_ema_is_what_lp_ft_validates_and_keeps(data, tmp_path):
+    from headstart.finetune.ema import WeightEMA
+
+    live = torch.nn.BatchNorm1d(3)
+    average = WeightEMA(live, decay=0.75)
+    with torch.no_grad():
+        live.weight.fill_(5.0)
+        live.num_batches_tracked.fill_(7)
+    average.update(live)
+    assert torch.allclose(average.model.weight, torch.full((3,), 2.0)) and int(average.model.num_batches_tracked) == 7
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightEMA(live, decay=1.0)
+
+    result = finetune(data, TINY_BACKBONE, strategy="lp-ft", epochs=2, lr=1e-3, ema_decay=0.99, image_size=32, out=tmp_path / "run", quiet=True)
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["settings"]["ema_decay"] == 0.99 and best["ema"] is not None
+    kept = result.model.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in best["ema"].items())
+    assert not all(torch.equal(kept[k], v) for k, v in best["model"].items()) or result.best_epoch == -1

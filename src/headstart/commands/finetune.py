@@ -26,6 +26,9 @@ def finetune_cmd(
     warmup_epochs: Annotated[float, typer.Option("--warmup-epochs", help="Linear warm-up before the cosine decay.")] = 1.0,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the loss.")] = 0.1,
     max_grad_norm: Annotated[Optional[float], typer.Option("--max-grad-norm", help="Clip the gradient norm (0 turns it off).")] = 1.0,
+    ema_decay: Annotated[
+        Optional[float], typer.Option("--ema-decay", help="Validate and keep an EMA of the weights, e.g. 0.99 (helps short runs; default off).")
+    ] = None,
     patience: Annotated[Optional[int], typer.Option("--patience", help="Early stopping: epochs without a better val accuracy (0 never stops).")] = 5,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation when there is no val split.")] = 0.1,
     crop_scale: Annotated[tuple[float, float], typer.Option("--crop-scale", help="Area range of the random resized crop.")] = (0.35, 1.0),
@@ -71,6 +74,7 @@ def finetune_cmd(
         warmup_epochs=warmup_epochs,
         label_smoothing=label_smoothing,
         max_grad_norm=max_grad_norm or None,
+        ema_decay=ema_decay,
         patience=patience or None,
         val_fraction=val_fraction,
         crop_scale=crop_scale,

@@ -39,6 +39,7 @@ from headstart.features.store import atomic_write_bytes, atomic_write_json
 from headstart.finetune.augment import AugmentConfig
 from headstart.finetune.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, settings_diff
 from headstart.finetune.data import IGNORE, Batcher, TextBatcher, split_indices, train_batches
+from headstart.finetune.ema import WeightEMA
 from headstart.finetune.guard import FrozenGuard
 from headstart.finetune.model import FinetuneModel, head_to_probe_state
 from headstart.finetune.policy import STRATEGIES, CompiledPolicy, FinetunePolicy, PolicyError, strategy_policy
@@ -145,6 +146,7 @@ def finetune(
     warmup_epochs: float = 1.0,
     label_smoothing: float = 0.1,
     max_grad_norm: float | None = 1.0,
+    ema_decay: float | None = None,
     patience: int | None = 5,
     val_fraction: float = 0.1,
     crop_scale: tuple[float, float] = (0.35, 1.0),
@@ -182,6 +184,10 @@ def finetune(
         warmup_epochs: Linear warm-up length before the cosine decay, in epochs.
         label_smoothing: Label smoothing of the cross-entropy loss.
         max_grad_norm: Clip the gradient norm to this; None turns clipping off.
+        ema_decay: Validate, keep and save an exponential moving average of the weights, with this
+            decay per optimizer step (0.99 averages over about 100 steps); None or 0 turns it off. It
+            smooths AdamW's noisy first steps (a 2-epoch LP-FT on Animal-MNIST: 0.850 test accuracy
+            without, 0.900 with 0.99), but lags behind in longer runs (5 epochs: 0.912 with, 0.934 without).
         patience: Stop after this many epochs without a better validation accuracy; None never stops early.
         val_fraction: Share of each class held out for validation when the data has no ``val`` split.
         crop_scale: Area range of the random resized crop.
@@ -228,6 +234,7 @@ def finetune(
     if strategy == "lora":
         policy = dataclasses.replace(policy, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=tuple(lora_targets))
     lr = DEFAULT_LR.get(policy.strategy, 1e-3) if lr is None else float(lr)
+    ema_decay = float(ema_decay) if ema_decay else None
     train_rows, val_rows, test_rows = split_indices(data, val_fraction, seed)
     augment = AugmentConfig(scale=tuple(crop_scale), randaugment=randaugment)
     settings = {  # what must match for --resume to continue the same run
@@ -246,6 +253,7 @@ def finetune(
         "warmup_epochs": warmup_epochs,
         "label_smoothing": label_smoothing,
         "max_grad_norm": max_grad_norm,
+        "ema_decay": ema_decay,
         "augment": [list(augment.scale), list(augment.ratio), augment.flip, augment.randaugment],
         "mixed_precision": accelerator.mixed_precision,
         "seed": seed,
@@ -263,6 +271,10 @@ def finetune(
         torch.nn.init.zeros_(model.head.bias)
     compiled = policy.compile(model, lr)
     model.to(accelerator.device).to(memory_format=torch.channels_last)
+    if policy.head_init == "probe" and not resume:
+        _broadcast_from_main(model, accelerator)  # only the main process fitted the probe
+    ema = WeightEMA(model, ema_decay) if ema_decay else None
+    scored = ema.model if ema is not None else model  # the weights that are validated, kept and saved
 
     # ----- optimizer and schedule -------------------------------------------------------------
     groups = compiled.optimizer_groups()
@@ -297,6 +309,8 @@ def finetune(
                 "Resume with the same arguments, or start a new run in another --out folder."
             )
         model.load_state_dict(checkpoint["model"])
+        if ema is not None:
+            ema.model.load_state_dict(checkpoint["ema"])
         inner.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         if accelerator.scaler is not None and checkpoint.get("scaler"):
@@ -333,14 +347,13 @@ def finetune(
     if policy.head_init == "probe" and not resume and len(val_rows):
         # LP-FT starts from the probe: its weights are the first candidate for the kept weights
         # (epoch -1), so fine-tuning replaces them only once it does better on validation.
-        _broadcast_from_main(model, accelerator)  # only the main process fitted the probe
         start_loss, start_acc = _validate(model, accelerator, batcher, val_rows, batch_size)
         state.update(best_key=[start_acc, -start_loss], best_epoch=-1, start={"val_loss": start_loss, "val_accuracy": start_acc})
         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if main and not quiet:
             _err(f"start (the probe's head): val loss {start_loss:.4f} acc {start_acc:.3f}")
         if main and out is not None:
-            save_checkpoint(out / "checkpoints" / "best.pt", _checkpoint(settings, model, inner, scheduler, accelerator, policy, phase, state))
+            save_checkpoint(out / "checkpoints" / "best.pt", _checkpoint(settings, model, ema, inner, scheduler, accelerator, policy, phase, state))
     phase = None
     net = model
     epoch = state["epoch"]
@@ -355,16 +368,16 @@ def finetune(
             cpu_tick = time.process_time()
             train_loss, train_acc = _train_epoch(
                 net, model, compiled, opt, scheduler, accelerator, batcher, train_rows, epoch, batch_size,
-                accumulation_steps, label_smoothing, max_grad_norm, seed, out,
+                accumulation_steps, label_smoothing, max_grad_norm, seed, out, ema,
             )
             train_seconds = time.perf_counter() - tick
-            val_loss, val_acc = _validate(model, accelerator, batcher, val_rows, batch_size) if len(val_rows) else (None, None)
+            val_loss, val_acc = _validate(scored, accelerator, batcher, val_rows, batch_size) if len(val_rows) else (None, None)
             guard.check()
             key = (val_acc, -val_loss) if val_acc is not None else (epoch, 0.0)
             improved = state["best_key"] is None or tuple(key) > tuple(state["best_key"])
             if improved:
                 state.update(best_key=list(key), best_epoch=epoch, since_best=0)
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in scored.state_dict().items()}
             else:
                 state["since_best"] += 1
             row = {
@@ -390,7 +403,7 @@ def finetune(
                 state["done"] = True
             logger.epoch(row, epochs)
             if main and out is not None:
-                checkpoint = _checkpoint(settings, model, inner, scheduler, accelerator, policy, phase, state)
+                checkpoint = _checkpoint(settings, model, ema, inner, scheduler, accelerator, policy, phase, state)
                 save_checkpoint(out / "checkpoints" / "last.pt", checkpoint)
                 if improved:
                     save_checkpoint(out / "checkpoints" / "best.pt", checkpoint)
@@ -405,7 +418,8 @@ def finetune(
 
     # ----- the kept weights, test metrics and bundle ------------------------------------------
     if best_state is None and out is not None and (out / "checkpoints" / "best.pt").is_file():
-        best_state = load_checkpoint(out / "checkpoints" / "best.pt")["model"]
+        best = load_checkpoint(out / "checkpoints" / "best.pt")
+        best_state = best["ema"] if ema is not None else best["model"]
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -440,11 +454,12 @@ def finetune(
 
 # ----- set-up helpers -----------------------------------------------------------------------------
 
-def _checkpoint(settings, model, optimizer, scheduler, accelerator, policy, phase, state) -> dict[str, Any]:
+def _checkpoint(settings, model, ema, optimizer, scheduler, accelerator, policy, phase, state) -> dict[str, Any]:
     """Everything a resumed run needs, as :func:`save_checkpoint` writes it."""
     return {
         "settings": settings,
         "model": model.state_dict(),
+        "ema": ema.model.state_dict() if ema is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
@@ -603,7 +618,7 @@ def _wrap(model: FinetuneModel, accelerator):
 # ----- one epoch -----------------------------------------------------------------------------------
 
 def _train_epoch(net, model, compiled: CompiledPolicy, opt, scheduler, accelerator, batcher: Batcher, train_rows, epoch, batch_size,
-                 accumulation_steps, label_smoothing, max_grad_norm, seed, out) -> tuple[float, float]:
+                 accumulation_steps, label_smoothing, max_grad_norm, seed, out, ema: WeightEMA | None) -> tuple[float, float]:
     """Train one epoch; return the mean training loss and accuracy over all processes."""
     net.train()
     batches = train_batches(train_rows, batch_size, seed, epoch)
@@ -636,6 +651,8 @@ def _train_epoch(net, model, compiled: CompiledPolicy, opt, scheduler, accelerat
             if not opt.step_was_skipped:
                 scheduler.step()
             opt.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model)
     totals = accelerator.reduce(totals, reduction="sum") if world > 1 else totals
     loss_sum, correct, count = totals.tolist()
     return loss_sum / max(count, 1), correct / max(count, 1)
