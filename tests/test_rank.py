@@ -237,6 +237,20 @@ def test_measure_cost_counts_macs_params_and_memory():
     assert full.images_per_s > 0 and full.device == "cpu"
 
 
+def test_cost_on_the_meta_device_equals_a_real_pass():
+    """MACs, parameters and peak tensor memory from shapes alone match a real forward pass."""
+    from headstart.backbones import load_backbone
+    from headstart.select.cost import _measure_by_running, _measure_on_meta
+
+    backbone = load_backbone(RANDOM_CNN).eval()
+    for layer in ("pooled", "layer2"):
+        batch = torch.randn(3, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            real = _measure_by_running(backbone, lambda: backbone.features(batch, layer), torch.device("cpu"))
+        assert _measure_on_meta(backbone, layer, "avg", 3, 32) == real
+        assert real[0] > 0 and real[3] > 0
+
+
 # ----- rank_backbones end to end -------------------------------------------------------------------
 
 

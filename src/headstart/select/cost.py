@@ -72,6 +72,8 @@ class _PeakTensorMemory(TorchDispatchMode):
 
     Every operation's output storage is counted once when it first appears and released when the
     last output tensor that shares it is garbage-collected; ``peak`` is the highest total seen.
+    Storages are told apart by their identity, so this works on the meta device too, where
+    tensors have sizes but no memory.
     """
 
     def __init__(self) -> None:
@@ -90,12 +92,10 @@ class _PeakTensorMemory(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for value in tree_flatten(out)[0]:
-            if not isinstance(value, torch.Tensor) or value.device.type == "meta":
+            if not isinstance(value, torch.Tensor):
                 continue
             storage = value.untyped_storage()
-            pointer = storage.data_ptr()
-            if pointer == 0:
-                continue
+            pointer = storage._cdata  # the StorageImpl's address: one per storage, on any device
             if pointer not in self._holders:
                 self._holders[pointer] = 0
                 self._sizes[pointer] = storage.nbytes()
@@ -128,6 +128,62 @@ def _modules_that_run(backbone: Backbone, run) -> list[torch.nn.Module]:
     return list(called.values())
 
 
+class _Features(torch.nn.Module):
+    """``backbone.features(x, layer, pool)`` as a module's forward, for ``torch.func.functional_call``."""
+
+    def __init__(self, backbone: Backbone, layer: str, pool: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.layer = layer
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.features(x, self.layer, self.pool)
+
+
+def _measure_on_meta(backbone: Backbone, layer: str, pool: str, batch_size: int, size: int) -> tuple[int, int, int, int]:
+    """FLOPs, parameters, weight bytes and peak activation bytes of one forward pass, on the meta device.
+
+    The weights are swapped for meta tensors of the same shapes (``functional_call``), so nothing
+    is computed or allocated: shapes flow through the network, and that is all that FLOPs and
+    tensor sizes depend on.
+    """
+    from torch.func import functional_call
+
+    wrapper = _Features(backbone, layer, pool)
+    meta = {name: torch.empty_like(t, device="meta") for name, t in list(wrapper.named_parameters()) + list(wrapper.named_buffers())}
+    batch = torch.empty(batch_size, 3, size, size, device="meta").contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), FlopCounterMode(display=False) as flops, _PeakTensorMemory() as memory:
+        used = _modules_that_run(backbone, lambda: functional_call(wrapper, meta, (batch,)))
+    return flops.get_total_flops(), *_used_weights(used), memory.peak
+
+
+def _measure_by_running(backbone: Backbone, forward, dev: torch.device) -> tuple[int, int, int, int]:
+    """The same numbers as :func:`_measure_on_meta`, from a real forward pass (for TorchScript models)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+        with FlopCounterMode(display=False) as flops:
+            used = _modules_that_run(backbone, forward)
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev) - before
+    else:
+        with FlopCounterMode(display=False) as flops, _PeakTensorMemory() as memory:
+            used = _modules_that_run(backbone, forward)
+        peak = memory.peak
+    return flops.get_total_flops(), *_used_weights(used), peak
+
+
+def _used_weights(modules: list[torch.nn.Module]) -> tuple[int, int]:
+    """Parameter count and bytes of parameters and buffers owned directly by ``modules``."""
+    params = sum(p.numel() for module in modules for p in module.parameters(recurse=False))
+    weight_bytes = sum(
+        t.numel() * t.element_size() for module in modules for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+    )
+    return params, weight_bytes
+
+
 def measure_cost(
     backbone: Backbone,
     *,
@@ -136,10 +192,16 @@ def measure_cost(
     image_size: int | None = None,
     batch_size: int = 32,
     device: str | None = None,
+    warm: bool = False,
     min_seconds: float = 0.3,
     max_repeats: int = 3,
 ) -> Cost:
     """Measure what ``backbone`` costs up to ``layer`` at ``image_size`` on this machine.
+
+    MACs, parameters and peak memory come from one pass on the meta device (no computation; a
+    real pass for TorchScript models). On a CUDA device, peak memory is measured on the device
+    during the first timed pass instead. Images/s is the best of up to ``max_repeats`` timed
+    passes, after one warm-up pass unless ``warm``.
 
     Args:
         backbone: The backbone (its weights do not change the cost, only its architecture).
@@ -148,6 +210,8 @@ def measure_cost(
         image_size: Input side in pixels; None takes the spec's.
         batch_size: Images per forward pass.
         device: ``cpu``, ``cuda`` or None for a GPU when there is one.
+        warm: The backbone has just run batches of ``batch_size`` images of this size on this
+            device (as extraction does), so no warm-up pass is needed before timing.
         min_seconds: Stop timing once this much time was spent in timed passes.
         max_repeats: The most timed passes.
 
@@ -168,28 +232,17 @@ def measure_cost(
             return model.features(batch, layer_name, pool)
 
     with torch.inference_mode():
-        # One pass that counts FLOPs, tracks memory and notes which modules run; it also warms up.
+        if isinstance(model.model, torch.jit.ScriptModule):
+            flops, params, weight_bytes, activation_peak = _measure_by_running(model, forward, dev)
+            warm = True
+        else:
+            flops, params, weight_bytes, activation_peak = _measure_on_meta(model, layer_name, pool, batch_size, size)
+            if not warm:
+                forward()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
             before = torch.cuda.memory_allocated(dev)
-            with FlopCounterMode(display=False) as flops:
-                used = _modules_that_run(model, forward)
-            torch.cuda.synchronize(dev)
-            activation_peak = torch.cuda.max_memory_allocated(dev) - before
-        else:
-            with FlopCounterMode(display=False) as flops, _PeakTensorMemory() as memory:
-                used = _modules_that_run(model, forward)
-            activation_peak = memory.peak
-        params = sum(p.numel() for module in used for p in module.parameters(recurse=False))
-        weight_bytes = sum(
-            t.numel() * t.element_size()
-            for module in used
-            for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
-        )
-        peak = activation_peak + weight_bytes + batch.numel() * batch.element_size()
-        macs = round(flops.get_total_flops() / 2 / batch_size)
-
         best = math.inf
         spent = 0.0
         for _ in range(max(1, max_repeats)):
@@ -204,9 +257,12 @@ def measure_cost(
             spent += elapsed
             if spent >= min_seconds:
                 break
+        if dev.type == "cuda":
+            activation_peak = torch.cuda.max_memory_allocated(dev) - before
+    peak = activation_peak + weight_bytes + batch.numel() * batch.element_size()
     return Cost(
         params=int(params),
-        macs=macs,
+        macs=round(flops / 2 / batch_size),
         images_per_s=float(batch_size / best),
         peak_memory_bytes=int(peak),
         image_size=size,

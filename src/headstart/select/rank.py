@@ -664,6 +664,8 @@ def _compute(names: tuple[str, ...], features: np.ndarray, labels: np.ndarray, l
     return values, reasons, seconds
 
 
+# Images per timed forward pass when measuring cost (and per batch when extracting the sample).
+COST_BATCH = 32
 _SKIPPABLE = (WeightsUnavailableError, WeightsMismatchError, UnknownBackboneError, LayerError)
 
 
@@ -776,7 +778,10 @@ def rank_backbones(
             features = extract(backbone, data, layer=layer, pool=pool, image_size=size, device=device, store=store, quiet=quiet)
             X, valid, labels = features.X[rows_index], features.valid[rows_index], data.labels[rows_index]
         else:
-            features = extract(backbone, sub, layer=layer, pool=pool, image_size=size, device=device, store=store, quiet=quiet)
+            # Batches of the cost measurement's size: the timing then needs no warm-up pass.
+            features = extract(
+                backbone, sub, layer=layer, pool=pool, image_size=size, batch_size=COST_BATCH, device=device, store=store, quiet=quiet
+            )
             X, valid, labels = features.X, features.valid, sub.labels
         X, labels = X[valid], labels[valid]
 
@@ -805,7 +810,8 @@ def rank_backbones(
             key = (backbone.spec.source, backbone.spec.arch, layer, pool, size, device)
             try:
                 if key not in cost_cache:
-                    cost_cache[key] = measure_cost(backbone, layer=layer, pool=pool, image_size=size, device=device)
+                    warm = not features.hit and len(rows_index) >= COST_BATCH
+                    cost_cache[key] = measure_cost(backbone, layer=layer, pool=pool, image_size=size, batch_size=COST_BATCH, device=device, warm=warm)
                 row.cost = cost_cache[key]
             except Exception as error:  # noqa: BLE001 - a cost that cannot be measured must not stop the ranking
                 row.cost_error = f"{type(error).__name__}: {error}"
