@@ -40,7 +40,7 @@ def rank_cmd(
     data: Annotated[str, typer.Argument(help="Image folder, .csv/.jsonl manifest, .npz, or builtin:NAME.")],
     candidates: Annotated[
         list[str] | None,
-        typer.Option("--candidates", "-c", help="Comma-separated NAME[#LAYER][@SIZE] candidates; repeatable."),
+        typer.Option("--candidates", "-c", help="Comma-separated candidates NAME#LAYER@SIZE (layer and size optional), e.g. timm:tf_efficientnet_lite0#blocks.4@112; repeatable."),
     ] = None,
     pattern: Annotated[
         list[str] | None, typer.Option("--pattern", help="fnmatch pattern over backbone names, e.g. 'tv:*' (offline ones); repeatable.")
