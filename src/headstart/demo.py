@@ -93,7 +93,7 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
         out=out / "finetune", quiet=quiet,
     )
     probe_run = next(r for r in report.runs if r.backbone == FINETUNE_BACKBONE and r.head == "linear")
-    kept = "; " if tuned.best_epoch >= 0 else f"; no fine-tuned epoch beat the probe on validation, so its weights were kept; "
+    kept = "; " if tuned.best_epoch >= 0 else "; every fine-tuned epoch scored lower on validation, so the probe's weights were kept; "
     kept += "5 epochs gain about 3 points: benchmarks/finetune.py"
     console.print(
         f"{FINETUNE_BACKBONE}: linear probe {probe_run.test.accuracy:.3f} -> LP-FT fine-tune {tuned.test.accuracy:.3f} "

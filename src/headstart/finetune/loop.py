@@ -68,8 +68,9 @@ class FinetuneResult:
         policy: The policy that ran.
         lr: The base (head) learning rate.
         history: One dict per epoch: losses, accuracies, learning rate, phase, seconds.
-        best_epoch: The epoch whose weights were kept (best validation accuracy, then loss); -1
-            when LP-FT's starting point (the probe's head on the pretrained backbone) stayed best.
+        best_epoch: The epoch whose weights were kept (best validation accuracy; ties go to the later
+            epoch); -1 when LP-FT's starting point (the probe's head on the pretrained backbone) stayed
+            strictly better than every epoch.
         stopped_early: Whether early stopping ended the run.
         test: Test metrics of the kept weights (None without a test split, and on processes other than the main one).
         probe_test_accuracy: For ``lp-ft``: the test accuracy of the initial linear probe.
@@ -293,7 +294,7 @@ def finetune(
     state = {  # the loop's own state, saved in every checkpoint
         "epoch": 0,
         "best_epoch": -1,
-        "best_key": None,
+        "best_accuracy": None,
         "since_best": 0,
         "history": [],
         "done": False,
@@ -346,9 +347,9 @@ def finetune(
     phase = policy.phase_at(state["epoch"]) if resume else 0
     if policy.head_init == "probe" and not resume and len(val_rows):
         # LP-FT starts from the probe: its weights are the first candidate for the kept weights
-        # (epoch -1), so fine-tuning replaces them only once it does better on validation.
+        # (epoch -1), so fine-tuning replaces them only once it scores at least as well on validation.
         start_loss, start_acc = _validate(model, accelerator, batcher, val_rows, batch_size)
-        state.update(best_key=[start_acc, -start_loss], best_epoch=-1, start={"val_loss": start_loss, "val_accuracy": start_acc})
+        state.update(best_accuracy=start_acc, best_epoch=-1, start={"val_loss": start_loss, "val_accuracy": start_acc})
         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if main and not quiet:
             _err(f"start (the probe's head): val loss {start_loss:.4f} acc {start_acc:.3f}")
@@ -373,10 +374,11 @@ def finetune(
             train_seconds = time.perf_counter() - tick
             val_loss, val_acc = _validate(scored, accelerator, batcher, val_rows, batch_size) if len(val_rows) else (None, None)
             guard.check()
-            key = (val_acc, -val_loss) if val_acc is not None else (epoch, 0.0)
-            improved = state["best_key"] is None or tuple(key) > tuple(state["best_key"])
+            # The best epoch has the highest validation accuracy; a tie goes to the later epoch (with label
+            # smoothing, validation cross-entropy rises as training goes on, so it would favour early epochs).
+            improved = val_acc is None or state["best_accuracy"] is None or val_acc >= state["best_accuracy"]
             if improved:
-                state.update(best_key=list(key), best_epoch=epoch, since_best=0)
+                state.update(best_accuracy=val_acc, best_epoch=epoch, since_best=0)
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in scored.state_dict().items()}
             else:
                 state["since_best"] += 1
@@ -447,7 +449,7 @@ def finetune(
     if main and not quiet:
         tail = f"; probe {probe_test_accuracy:.3f}" if probe_test_accuracy is not None else ""
         score = f"test accuracy {test.accuracy:.3f}" if test else "no test split"
-        kept = f"kept epoch {state['best_epoch']}" if state["best_epoch"] >= 0 else "kept the probe's weights (no epoch beat them on validation)"
+        kept = f"kept epoch {state['best_epoch']}" if state["best_epoch"] >= 0 else "kept the probe's weights (every epoch scored lower on validation)"
         _err(f"{kept}: {score}{tail}" + (f"; bundle {result.bundle_path}" if result.bundle_path else ""))
     return result
 
