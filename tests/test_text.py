@@ -653,16 +653,18 @@ def _keyword_dataset(n_per_class: int = 20) -> Dataset:
 def test_rank_text_encoders_beside_the_tfidf_baseline(tiny_bert):
     from headstart.select.rank import rank_backbones
 
+    # Default scores (LEEP and kNN); a baseline among the candidates adds the linear probe to them and to the combination.
     table = rank_backbones([f"hf:{tiny_bert}@random", "sk:tfidf"], _keyword_dataset(), sample=40, layers=["pooled", "hidden.1"], quiet=True)
     by_name = {row.candidate: row for row in table.rows}
     assert set(by_name) == {f"hf:{tiny_bert}@random", f"hf:{tiny_bert}@random#hidden.1", "sk:tfidf"}  # one baseline row, no @size
     baseline = by_name["sk:tfidf"]
-    assert baseline.scores["linear"] >= 0.9 and baseline.scores["logme"] is None and baseline.scores["knn"] is None
-    assert "no fixed feature space" in baseline.undefined["logme"]
+    assert set(baseline.scores) == {"leep", "knn", "linear"}
+    assert baseline.scores["linear"] >= 0.9 and baseline.scores["leep"] is None and baseline.scores["knn"] is None
+    assert "no fixed feature space" in baseline.undefined["knn"]
     assert baseline.feature_dim > 10 and baseline.image_size is None and "no network" in baseline.cost_error
     assert [row.rank for row in table.rows] == [1, 2, 3] and baseline.combined is not None
     encoder = by_name[f"hf:{tiny_bert}@random"]
-    assert encoder.scores["logme"] is not None and encoder.feature_dim == 32
+    assert encoder.scores["knn"] is not None and encoder.scores["linear"] is not None and encoder.feature_dim == 32
 
 
 def test_tfidf_candidate_on_image_data_is_skipped_with_the_reason(tiny_arrays, tiny_bert):
