@@ -489,8 +489,10 @@ def test_progress_only_on_a_terminal_and_json_alone_on_stdout(tmp_path, tiny_arr
 # ``headstart extract`` as the console script runs it (cli.main), with 64-row shards instead of 2,048
 # so that the test needs seconds, not a minute: the store commits shard by shard either way. Each
 # shard write is followed by a 0.25 s pause, so that on an idle machine the run cannot finish
-# between the first shard and the SIGINT.
+# between the first shard and the SIGINT. SIGINT gets Python's usual handler back, since a test run
+# started in the background of a non-interactive shell passes SIGINT down as ignored.
 EXTRACT_WITH_SMALL_SHARDS = (
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
     "import sys, time; from headstart.features import extract; extract.__kwdefaults__['shard_size'] = 64; "
     "from headstart.features.store import FeatureStore; write = FeatureStore.write_shard; "
     "FeatureStore.write_shard = lambda self, *a, **k: (write(self, *a, **k), time.sleep(0.25))[0]; "
