@@ -565,7 +565,7 @@ def test_lora_policy_trains_only_adapters_and_head(tiny_bert):
 
     model = FinetuneModel(load_backbone(f"hf:{tiny_bert}"), 2)
     policy = strategy_policy("lora", model.backbone.spec, epochs=2)
-    assert policy.lora_rank == 8 and policy.lora_targets == ("query", "value") and policy.head_init == "probe"
+    assert policy.lora_rank == 8 and policy.lora_targets == ("query", "value") and policy.head_init == "random"
     trainable, _ = policy.compile(model, 1e-3).phase(0)
     backbone_trained = sorted(n for n in trainable if not n.startswith("head."))
     assert len(backbone_trained) == 2 * 2 * 2  # 2 layers x (query, value) x (lora_A, lora_B)

@@ -19,7 +19,7 @@ def finetune_cmd(
     ] = None,
     policy: Annotated[Optional[Path], typer.Option("--policy", help="A FinetunePolicy YAML file (instead of --strategy).")] = None,
     epochs: Annotated[int, typer.Option("--epochs", help="Most epochs to train.")] = 10,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Head learning rate (default: 1e-4 for lp-ft, else 1e-3).")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Head learning rate (default: 1e-4 for lp-ft, 3e-3 for lora, else 1e-3).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch size per step (split across processes).")] = 32,
     accumulation_steps: Annotated[int, typer.Option("--accumulation-steps", help="Batches per optimizer step.")] = 1,
     optimizer: Annotated[str, typer.Option("--optimizer", help="adamw or sgd.")] = "adamw",

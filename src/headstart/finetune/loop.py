@@ -45,7 +45,7 @@ from headstart.finetune.model import FinetuneModel, head_to_probe_state
 from headstart.finetune.policy import STRATEGIES, CompiledPolicy, FinetunePolicy, PolicyError, strategy_policy
 
 # Base (head) learning rate of each strategy when --lr is not given.
-DEFAULT_LR = {"lp-ft": 1e-4, "linear-then-full": 1e-3, "last-stage": 1e-3, "gradual": 1e-3, "full": 1e-3, "lora": 1e-3, "custom": 1e-3}
+DEFAULT_LR = {"lp-ft": 1e-4, "linear-then-full": 1e-3, "last-stage": 1e-3, "gradual": 1e-3, "full": 1e-3, "lora": 3e-3, "custom": 1e-3}
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -178,7 +178,7 @@ def finetune(
         policy: A :class:`FinetunePolicy` or a YAML file of one, instead of a strategy.
         epochs: Most epochs to train.
         lr: The head's learning rate (other groups scale it by the policy); None takes the
-            strategy's default (1e-4 for lp-ft, 1e-3 otherwise).
+            strategy's default (1e-4 for lp-ft, 3e-3 for lora, 1e-3 otherwise).
         batch_size: Global batch size per step, split across processes.
         accumulation_steps: Batches per optimizer step (the effective batch is their product).
         optimizer: ``adamw`` or ``sgd`` (momentum 0.9, Nesterov).
