@@ -28,3 +28,10 @@ def tiny_arrays():
     labels = np.repeat(np.arange(3), 20)
     images = (rng.random((60, 16, 16)) * 80 + labels[:, None, None] * 80).astype(np.uint8)
     return images, labels
+
+
+def report_sections(page: str) -> dict[str, str]:
+    """The sections of a report.html page: id to the section's HTML."""
+    import re
+
+    return dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page, re.S))

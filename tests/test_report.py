@@ -356,6 +356,34 @@ def test_probe_run_writes_its_report(probe_run):
     assert accuracy == pytest.approx(report.best.test.accuracy)
 
 
+def test_probe_manifest_and_a_report_that_fails_only_warns(probe_run, tmp_path, monkeypatch, capsys):
+    import sys
+
+    from headstart.evaluate import report as report_module
+    from headstart.runs import write_manifest, write_report_or_warn
+
+    out, report = probe_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == sys.argv and {"python", "torch", "numpy"} <= set(manifest["versions"])
+    assert manifest["seed"] == 0 and manifest["wall_seconds"] > 0
+    assert [run["store_key"] for run in manifest["runs"]] == [run.store_key for run in report.runs]
+    assert all(run["weights_sha256"] == report.best.bundle.spec.sha256 for run in manifest["runs"])
+
+    run_dir = tmp_path / "run"
+    write_manifest(run_dir, seed=3, where=run_dir)
+    assert json.loads((run_dir / "manifest.json").read_text())["where"] == str(run_dir)  # not JSON: written as text
+
+    def broken(run_dir, out=None):
+        raise RuntimeError("no fonts today")
+
+    monkeypatch.setattr(report_module, "write_report", broken)
+    assert write_report_or_warn(run_dir) is None
+    warning = " ".join(capsys.readouterr().err.split())
+    assert "report.html was not written (RuntimeError: no fonts today)" in warning
+    assert f"headstart report {run_dir}" in warning
+    assert (run_dir / "manifest.json").is_file() and not (run_dir / "report.html").exists()
+
+
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -164,6 +164,7 @@ def probe(
 
     if not backbones:
         raise DataError("Name at least one backbone, e.g. --backbone tv:mobilenet_v2.IMAGENET1K_V1.")
+    started = time.perf_counter()
     store = store or FeatureStore()
     runs: list[ProbeRun] = []
     skipped: dict[tuple[str, str], None] = dict.fromkeys(data.skipped)
@@ -196,17 +197,16 @@ def probe(
     dataset["skipped"] = [{"item": item, "reason": reason} for item, reason in skipped]
     report = ProbeReport(runs=runs, dataset=dataset, data=data)
     if out is not None:
-        write_run(report, Path(out))
+        write_run(report, Path(out), seconds=time.perf_counter() - started)
     return report
 
 
-def write_run(report: ProbeReport, out: Path) -> None:
+def write_run(report: ProbeReport, out: Path, seconds: float | None = None) -> None:
     """Save every bundle, the best one as ``out/bundle``, the run's metrics, manifest and CSV, and its report."""
     import csv
     import io
-    import sys
 
-    from headstart.bundle import package_versions
+    from headstart.runs import write_manifest
 
     out.mkdir(parents=True, exist_ok=True)
     for run in report.runs:
@@ -214,17 +214,18 @@ def write_run(report: ProbeReport, out: Path) -> None:
     report.best.bundle.save(out / "bundle")
     report.out = out
     atomic_write_json(out / "metrics.json", report.to_dict())
-    atomic_write_json(
-        out / "manifest.json",
-        {
-            "command": sys.argv,
-            "versions": package_versions(),
-            "runs": [
-                {"backbone": r.backbone, "head": r.head, "weights_sha256": r.bundle.spec.sha256, "store_key": r.store_key,
-                 "data_fingerprint": r.bundle.manifest["data_fingerprint"], "extract_s": r.extract_seconds, "fit_s": r.fit_seconds}
-                for r in report.runs
-            ],
-        },
+    best = report.best.bundle.manifest
+    write_manifest(
+        out,
+        seed=best.get("seed"),
+        data_source=best.get("data_source"),
+        data_fingerprint=best.get("data_fingerprint"),
+        wall_seconds=round(seconds, 2) if seconds is not None else None,
+        runs=[
+            {"backbone": r.backbone, "head": r.head, "weights_sha256": r.bundle.spec.sha256, "store_key": r.store_key,
+             "data_fingerprint": r.bundle.manifest["data_fingerprint"], "extract_s": r.extract_seconds, "fit_s": r.fit_seconds}
+            for r in report.runs
+        ],
     )
     rows = [run.row() for run in report.runs]
     buffer = io.StringIO()
@@ -241,8 +242,8 @@ def _write_report_files(report: ProbeReport, out: Path) -> None:
     A report that fails to render never loses the run: the error is printed with the command that
     renders it again.
     """
-    from headstart.console import err_console
-    from headstart.evaluate.report import write_report, write_test_predictions
+    from headstart.evaluate.report import write_test_predictions
+    from headstart.runs import write_report_or_warn
 
     predictions = report.best.test_predictions
     if predictions is not None:
@@ -251,7 +252,4 @@ def _write_report_files(report: ProbeReport, out: Path) -> None:
             out, predictions["index"], predictions["true"], predictions["predicted"], predictions["confidence"],
             items=data.items if data is not None else None, modality=data.modality if data is not None else "image",
         )
-    try:
-        write_report(out)
-    except Exception as exc:  # noqa: BLE001 - the run is saved; only its report is missing
-        err_console.print(f"warning: report.html was not written ({exc}); render it with: headstart report {out}")
+    write_report_or_warn(out)

@@ -105,12 +105,15 @@ class RunFiles:
 
     @property
     def kind(self) -> str:
-        """``probe``, ``finetune``, ``rank``, or ``run``, guessed from the files and the command."""
+        """``probe``, ``finetune``, ``rank``, ``detect``, ``segment``, or ``run``, guessed from the command and the files."""
         command = (self.manifest or {}).get("command") or []
         words = [str(word) for word in command] if isinstance(command, list) else str(command).split()
         for kind in ("finetune", "rank", "probe", "demo", "detect", "segment"):
             if kind in words[1:3]:
                 return kind
+        task = (self.manifest or {}).get("task")
+        if task in ("detection", "segmentation"):
+            return {"detection": "detect", "segmentation": "segment"}[task]
         if self.logs:
             return "finetune"
         if self.results:
@@ -993,10 +996,13 @@ def _manifest_section(run: RunFiles) -> Section | None:
     command = manifest.get("command")
     if command:
         facts.append(("command", " ".join(str(c) for c in command) if isinstance(command, list) else command))
+    tables: list[tuple[str, list[dict[str, Any]]]] = []
     for key, value in manifest.items():
-        if key in ("command", "versions", "runs"):
+        if key in ("command", "versions"):
             continue
-        if isinstance(value, (str, int, float, bool)) or value is None:
+        if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            tables.append((key, value))  # runs, candidates: one row each
+        elif isinstance(value, (str, int, float, bool)) or value is None:
             facts.append((key, value))
         else:
             facts.append((key, json.dumps(value, default=str)[:400]))
@@ -1004,10 +1010,11 @@ def _manifest_section(run: RunFiles) -> Section | None:
     if isinstance(versions, dict):
         facts.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
     body = _kv_table(facts)
-    runs = manifest.get("runs")
-    if isinstance(runs, list) and runs and all(isinstance(r, dict) for r in runs):
-        columns = list(dict.fromkeys(k for r in runs for k in r))
-        body += _table(columns, [[_short_hash(_fmt(r.get(c), c)) for c in columns] for r in runs], numeric_from=2, css="data compact")
+    for key, rows in tables:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        if len(tables) > 1 or key != "runs":
+            body += f'<p class="note"><code>{_e(key)}</code></p>'
+        body += _table(columns, [[_short_hash(_fmt(r.get(c), c)) for c in columns] for r in rows], numeric_from=2, css="data compact")
     return Section("manifest", "Run details", f"<details open><summary>manifest.json</summary>{body}</details>")
 
 
