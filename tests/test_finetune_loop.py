@@ -19,6 +19,7 @@ from headstart.bundle import Bundle
 from headstart.cli import app
 from headstart.data import load_data
 from headstart.data.transforms import preprocess_array_batch
+from headstart.features import FeatureStore
 from headstart.finetune import (
     FinetuneModel,
     FinetunePolicy,
@@ -31,7 +32,7 @@ from headstart.finetune import loop
 from headstart.finetune.data import split_indices, train_batches
 from headstart.finetune.model import is_batchnorm
 
-from conftest import TINY_BACKBONE
+from conftest import TINY_BACKBONE, report_sections
 
 HELPER = Path(__file__).resolve().parent / "_ft_run.py"
 VENV_BIN = Path(sys.executable).parent
@@ -127,6 +128,17 @@ def test_bundle_predicts_like_the_model_and_run_files_are_written(data, tmp_path
     assert FinetunePolicy.load(out / "policy.yaml") == result.policy
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test_accuracy"] == pytest.approx(result.test.accuracy)
+    # the manifest: how the run was made, down to the probe's features in the store
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == sys.argv and {"python", "torch", "headstart"} <= set(manifest["versions"])
+    assert manifest["seed"] == 0 and manifest["device"] == result.device and manifest["strategy"] == "lp-ft"
+    assert manifest["weights_sha256"] == result.bundle.spec.sha256 and manifest["data_fingerprint"] == data.fingerprint()
+    assert FeatureStore().meta(manifest["probe_store_key"]) is not None
+    assert 0 < manifest["wall_seconds"] == pytest.approx(result.seconds, abs=0.01)
+    # the report: training curves from metrics.csv and the run details
+    sections = report_sections((out / "report.html").read_text())
+    assert {"curves", "confusion", "manifest"} <= set(sections)
+    assert "<img" in sections["curves"] and manifest["probe_store_key"][:12] in sections["manifest"]
 
 
 def test_resume_after_kill_ends_with_the_same_weights(npz, tmp_path):

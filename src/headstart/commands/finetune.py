@@ -101,6 +101,8 @@ def finetune_cmd(
     test = f"test accuracy {result.test.accuracy:.3f}" if result.test else "no test split"
     probe = f" (linear probe {result.probe_test_accuracy:.3f})" if result.probe_test_accuracy is not None else ""
     console.print(f"{result.backbone} {result.strategy}: {test}{probe}, best epoch {result.best_epoch}, {result.seconds_per_epoch:.1f} s/epoch; bundle: {result.bundle_path}")
+    if result.out is not None and (result.out / "report.html").is_file():
+        console.print(f"report: {result.out / 'report.html'}")
 
 
 def _explain(backbone: str, strategy, policy, epochs: int, lr, image_size, data) -> None:

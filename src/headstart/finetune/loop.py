@@ -264,9 +264,9 @@ def finetune(
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     model = FinetuneModel(backbone, len(data.classes))
-    probe_test_accuracy = None
+    probe_test_accuracy = probe_store_key = None
     if policy.head_init == "probe" and not resume:
-        probe_test_accuracy = _init_head_from_probe(model, data, train_rows, test_rows, store, seed, accelerator, quiet)
+        probe_test_accuracy, probe_store_key = _init_head_from_probe(model, data, train_rows, test_rows, store, seed, accelerator, quiet)
     elif policy.head_init == "zeros":
         torch.nn.init.zeros_(model.head.weight)
         torch.nn.init.zeros_(model.head.bias)
@@ -300,6 +300,7 @@ def finetune(
         "done": False,
         "stopped_early": False,
         "probe_test_accuracy": probe_test_accuracy,
+        "probe_store_key": probe_store_key,
     }
     if resume:
         checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
@@ -319,6 +320,7 @@ def finetune(
         set_rng_state(checkpoint["rng"])
         state = checkpoint["loop"]
         probe_test_accuracy = state.get("probe_test_accuracy")
+        probe_store_key = state.get("probe_store_key")
         if main and not quiet:
             _err(f"resuming {out} at epoch {state['epoch']} (phase {policy.phase_at(state['epoch'])})")
 
@@ -445,6 +447,7 @@ def finetune(
     if main and out is not None:
         result.bundle_path = bundle.save(out / "bundle")
         atomic_write_json(out / "metrics.json", result.to_dict())
+        _write_run_files(out, result, settings, data, probe_store_key, resume)
     accelerator.wait_for_everyone()
     if main and not quiet:
         tail = f"; probe {probe_test_accuracy:.3f}" if probe_test_accuracy is not None else ""
@@ -452,6 +455,33 @@ def finetune(
         kept = f"kept epoch {state['best_epoch']}" if state["best_epoch"] >= 0 else "kept the probe's weights (every epoch scored lower on validation)"
         _err(f"{kept}: {score}{tail}" + (f"; bundle {result.bundle_path}" if result.bundle_path else ""))
     return result
+
+
+def _write_run_files(out: Path, result: FinetuneResult, settings: dict[str, Any], data: Dataset, probe_store_key: str | None, resumed: bool) -> None:
+    """``manifest.json`` and ``report.html`` of a finished run (main process only)."""
+    from headstart.runs import write_manifest, write_report_or_warn
+
+    write_manifest(
+        out,
+        seed=settings["seed"],
+        device=result.device,
+        processes=result.processes,
+        mixed_precision=result.mixed_precision,
+        backbone=result.backbone,
+        weights_sha256=settings["weights_sha256"],
+        image_size=settings["image_size"],
+        data_source=data.source,
+        data_fingerprint=settings["data"],
+        strategy=result.strategy,
+        epochs=settings["epochs"],
+        lr=result.lr,
+        batch_size=settings["batch_size"],
+        probe_store_key=probe_store_key,
+        resumed=resumed,
+        wall_seconds=round(result.seconds, 2),
+        seconds_per_epoch=round(result.seconds_per_epoch, 2),
+    )
+    write_report_or_warn(out)
 
 
 # ----- set-up helpers -----------------------------------------------------------------------------
@@ -546,18 +576,18 @@ def _resolve_policy(strategy: str | None, policy: FinetunePolicy | str | Path | 
     return policy
 
 
-def _init_head_from_probe(model, data, train_rows, test_rows, store, seed, accelerator, quiet) -> float | None:
+def _init_head_from_probe(model, data, train_rows, test_rows, store, seed, accelerator, quiet) -> tuple[float | None, str | None]:
     """Fit a LinearProbe on the store's features of the training rows and copy it into the head.
 
     Only the main process extracts and fits: the others keep their head, which DistributedDataParallel
     overwrites with the main process's weights when it wraps the model. Returns the probe's test
-    accuracy (None without a test split, and on the other processes).
+    accuracy (None without a test split) and the features' store key (both None on the other processes).
     """
     from headstart.features import extract
     from headstart.heads import LinearProbe
 
     if not accelerator.is_main_process:
-        return None
+        return None, None
     backbone = model.backbone
     features = extract(backbone, data, image_size=backbone.spec.input_size, store=store, quiet=quiet)
     rows = train_rows[features.valid[train_rows]]
@@ -565,9 +595,9 @@ def _init_head_from_probe(model, data, train_rows, test_rows, store, seed, accel
     model.init_head_from_probe(probe)
     backbone.eval()
     if not len(test_rows):
-        return None
+        return None, features.key
     rows = test_rows[features.valid[test_rows]]
-    return float(np.mean(probe.predict(features.X[rows]) == data.labels[rows]))
+    return float(np.mean(probe.predict(features.X[rows]) == data.labels[rows])), features.key
 
 
 def _adapters_only(compiled: CompiledPolicy) -> bool:
