@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from headstart.backbones import load_backbone
 from headstart.data import load_data
 from headstart.data.dataset import Dataset
 from headstart.errors import DataError, HeadstartError
@@ -37,6 +39,8 @@ from headstart.select.rank import (
     combine_scores,
     rank_backbones,
 )
+
+from conftest import report_sections
 
 HEADSTART = Path(sys.executable).parent / "headstart"
 RANDOM_CNN = "timm:test_resnet@random"
@@ -369,6 +373,20 @@ def test_cli_rank_json_and_out(blobs, tmp_path):
     assert document["combination"] == {"method": "zscore", "scores": ["logme", "knn"], "description": "mean of z-scores of logme, knn"}
     assert all(row["cost"] is None for row in document["rows"])  # --no-cost
     assert (out / "rank.json").is_file() and (out / "rank.csv").is_file()
+    # the manifest names each candidate's weights and features; the report shows the rank table
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == sys.argv and "torch" in manifest["versions"]
+    assert manifest["seed"] == 0 and manifest["sample"]["n_samples"] == 24 and manifest["wall_seconds"] > 0
+    assert manifest["data_fingerprint"] == load_data(tmp_path / "blobs.npz").fingerprint()
+    assert [c["backbone"] for c in manifest["candidates"]] == [row["backbone"] for row in document["rows"]]
+    store = FeatureStore(tmp_path / "store")
+    for candidate in manifest["candidates"]:
+        assert candidate["weights_sha256"] == load_backbone(candidate["backbone"]).spec.sha256
+        assert store.meta(candidate["store_key"]) is not None
+    sections = report_sections((out / "report.html").read_text())
+    assert {"dataset", "rank", "manifest"} <= set(sections)
+    table = re.search(r'<table id="main-table".*?<tbody>(.*?)</tbody>', sections["rank"], re.S)
+    assert table and table.group(1).count("<tr") == len(document["rows"])
 
 
 def test_cli_bad_input_exits_2(blobs, tmp_path, monkeypatch, capsys):

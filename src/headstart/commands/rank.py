@@ -99,7 +99,7 @@ def rank_cmd(
         quiet=quiet or json_out,
     )
     if out is not None:
-        table.write(Path(out))
+        _write_run(Path(out), table, dataset, device)
     if json_out:
         print_json(table.to_dict())
         return
@@ -109,7 +109,36 @@ def rank_cmd(
     best = table.best
     console.print(f"best: {best.candidate} (combined {best.combined:.3f}: {table.combination.describe()})" if best.combined is not None else f"best: {best.candidate}")
     if out is not None:
-        console.print(f"wrote {Path(out) / 'rank.json'} and {Path(out) / 'rank.csv'}")
+        console.print(f"wrote {Path(out) / 'rank.json'}, rank.csv, manifest.json and report.html")
+
+
+def _write_run(out: Path, table, dataset, device: str | None) -> None:
+    """``rank.json``, ``rank.csv``, ``manifest.json`` and ``report.html`` in the run directory ``out``."""
+    import torch
+
+    from headstart.runs import write_manifest, write_report_or_warn
+
+    table.write(out)
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    write_manifest(
+        out,
+        seed=table.seed,
+        device=device,
+        data_source=dataset.source,
+        data_fingerprint=dataset.fingerprint(),
+        sample=table.sample,
+        scores=list(table.scores),
+        combination=table.combination.describe(),
+        wall_seconds=round(table.seconds, 2),
+        candidates=[
+            {"candidate": row.candidate, "backbone": row.backbone, "layer": row.layer, "weights_sha256": row.weights_sha256,
+             "store_key": row.store_key, "store_hit": row.store_hit, "extract_s": round(row.extract_seconds, 3)}
+            for row in table.rows
+        ],
+        skipped=[{"candidate": candidate, "reason": reason} for candidate, reason in table.skipped],
+    )
+    write_report_or_warn(out)
 
 
 def register(app: typer.Typer) -> None:

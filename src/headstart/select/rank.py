@@ -282,6 +282,10 @@ class RankRow:
         cost_seconds: Time to measure the cost (0 when an identical architecture was measured).
         score_seconds: Time per score.
         n_samples: Rows the scores saw.
+        weights_sha256: The sha256 of the backbone's weights (None for baselines); in the run's
+            ``manifest.json``, not in ``rank.json``.
+        store_key: The feature store key the features were read from or written to (None for
+            baselines); in the run's ``manifest.json``, not in ``rank.json``.
     """
 
     candidate: str
@@ -304,6 +308,8 @@ class RankRow:
     cost_seconds: float = 0.0
     score_seconds: dict[str, float] = field(default_factory=dict)
     n_samples: int = 0
+    weights_sha256: str | None = None
+    store_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -804,6 +810,8 @@ def rank_backbones(
             extract_seconds=features.seconds,
             score_seconds=seconds,
             n_samples=len(labels),
+            weights_sha256=backbone.spec.sha256,
+            store_key=features.key,
         )
         if cost and data.modality == "image":
             cost_started = time.perf_counter()
