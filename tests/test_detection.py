@@ -147,6 +147,7 @@ def test_train_bundle_round_trip_and_predict_cli(scenes, tmp_path):
     result = _train(scenes, tmp_path / "run")
     assert set(result.test) >= {"map", "map_50", "per_class"}
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    _assert_run_files(tmp_path / "run", result, scenes)
     from headstart.bundle import Bundle
 
     bundle = Bundle.load(result.bundle_path)
@@ -177,6 +178,29 @@ def test_train_bundle_round_trip_and_predict_cli(scenes, tmp_path):
     drawn = sorted(p.name for p in (tmp_path / "pred").glob("*.boxes.png"))
     assert len(drawn) == 2
     assert Image.open(tmp_path / "pred" / drawn[0]).size[0] >= 64
+
+
+def _assert_run_files(out, result, scenes):
+    """manifest.json, and report.html with the test images' boxes drawn and captioned against the truth."""
+    import html
+    import sys
+
+    from conftest import report_sections
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == sys.argv and "torch" in manifest["versions"]
+    assert manifest["task"] == "detection" and manifest["seed"] == 0 and manifest["wall_seconds"] > 0
+    assert manifest["weights_sha256"] == result.bundle.spec.sha256 and manifest["data_fingerprint"] == scenes.fingerprint()
+    test_rows = scenes.indices("test")
+    drawn = sorted((out / "predictions").glob("*.boxes.png"))
+    assert [p.name for p in drawn] == sorted(f"{scenes.scenes[i].name}.boxes.png" for i in test_rows)
+    captions = json.loads((out / "predictions" / "captions.json").read_text())
+    first = scenes.scenes[test_rows[0]]
+    truth = [scenes.classes[label] for label, crowd in zip(first.labels, first.iscrowd) if not crowd]
+    assert captions[f"{first.name}.boxes.png"].endswith(f"predicted at score >= 0.5, {len(truth)} true ({', '.join(truth)})")
+    sections = report_sections((out / "report.html").read_text())
+    assert {"curves", "per-class", "predictions", "manifest"} <= set(sections)
+    assert sections["predictions"].count("<img") == len(test_rows) and html.escape(captions[f"{first.name}.boxes.png"]) in sections["predictions"]
 
 
 @pytest.mark.slow

@@ -69,6 +69,7 @@ def test_train_bundle_and_predict_writes_masks_and_overlays(scenes, tmp_path):
     assert result.bundle.classes == ["background", *scenes.classes]
     document = json.loads((tmp_path / "run" / "bundle" / "bundle.json").read_text())
     assert document["task"] == "segmentation" and document["ignore_index"] == 255
+    _assert_run_files(tmp_path / "run", result, scenes)
 
     folder = tmp_path / "inputs"
     folder.mkdir()
@@ -91,6 +92,32 @@ def test_train_bundle_and_predict_writes_masks_and_overlays(scenes, tmp_path):
     (expected, _), = bundle.predict_images([image])
     saved = Image.open(masks[0])
     assert saved.mode == "P" and np.array_equal(np.asarray(saved), expected)
+
+
+def _assert_run_files(out, result, scenes):
+    """manifest.json, and report.html with overlays of the test images captioned with their own mIoU."""
+    import html
+    import sys
+
+    from conftest import report_sections
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == sys.argv and "torch" in manifest["versions"]
+    assert manifest["task"] == "segmentation" and manifest["seed"] == 0 and manifest["wall_seconds"] > 0
+    assert manifest["weights_sha256"] == result.bundle.spec.sha256 and manifest["data_fingerprint"] == scenes.fingerprint()
+    test_rows = scenes.indices("test")
+    overlays = sorted((out / "predictions").glob("*.overlay.png"))
+    assert [p.name for p in overlays] == sorted(f"{scenes.scenes[i].name}.overlay.png" for i in test_rows)
+    # the caption's mIoU is the image's own, from the saved mask against the truth
+    first = scenes.scenes[test_rows[0]]
+    predicted = np.asarray(Image.open(out / "predictions" / f"{first.name}.mask.png"))
+    miou = segmentation_metrics(confusion_matrix(predicted, first.mask, len(result.bundle.classes), 255), result.bundle.classes)["miou"]
+    captions = json.loads((out / "predictions" / "captions.json").read_text())
+    assert f"mIoU {miou:.2f}" in captions[f"{first.name}.overlay.png"]
+    sections = report_sections((out / "report.html").read_text())
+    assert {"curves", "per-class", "predictions", "manifest"} <= set(sections)
+    # the overlays, not the near-black class-index masks
+    assert sections["predictions"].count("<img") == len(test_rows) and html.escape(captions[f"{first.name}.overlay.png"]) in sections["predictions"]
 
 
 def test_cli_segment_train_and_evaluate_on_files(scenes, tmp_path):

@@ -176,6 +176,8 @@ def _print_result(result, json_out: bool) -> None:
     from headstart.console import console
 
     console.print(f"bundle: {result.bundle_path} (predict with: headstart predict {result.bundle_path} IMAGES --out DIR)")
+    if result.out is not None and (result.out / "report.html").is_file():
+        console.print(f"report: {result.out / 'report.html'}")
 
 
 def _print_metrics(task: str, metrics: dict, title: str) -> None:

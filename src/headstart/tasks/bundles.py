@@ -203,17 +203,20 @@ class TaskBundle:
 
     # ----- prediction -------------------------------------------------------------------------
 
-    def predict_images(self, images: list[np.ndarray]) -> list:
-        """Raw predictions for uint8 RGB arrays: detection dicts (``boxes``, ``scores``, ``labels``) or ``(mask, confidence)`` pairs."""
+    def predict_images(self, images: list[np.ndarray], device: str | Any = "cpu") -> list:
+        """Raw predictions for uint8 RGB arrays: detection dicts (``boxes``, ``scores``, ``labels``) or ``(mask, confidence)`` pairs.
+
+        ``device`` is where the inputs go: the device the model is on.
+        """
         if self.task == "detection":
             from headstart.tasks.detection import detect
 
-            return detect(self.model, images, score_threshold=self.score_threshold)
+            return detect(self.model, images, score_threshold=self.score_threshold, device=device)
         from headstart.tasks.segmentation import segment
 
-        return segment(self.model, images)
+        return segment(self.model, images, device=device)
 
-    def predict_batch(self, inputs: list, top_k: int = 3) -> list[TaskPrediction]:
+    def predict_batch(self, inputs: list, top_k: int = 3, device: str | Any = "cpu") -> list[TaskPrediction]:
         """Per-input predictions for image paths or arrays; an input that fails gets its error, the others still predict."""
         loaded, positions, results = [], [], [None] * len(inputs)
         for position, item in enumerate(inputs):
@@ -222,7 +225,7 @@ class TaskBundle:
                 positions.append(position)
             except (OSError, ValueError, SyntaxError) as exc:
                 results[position] = TaskPrediction(_describe(item), None, [], f"{type(exc).__name__}: {exc}")
-        raw = self.predict_images(loaded) if loaded else []
+        raw = self.predict_images(loaded, device=device) if loaded else []
         for position, image, output in zip(positions, loaded, raw):
             name = _describe(inputs[position])
             results[position] = self._detection(name, output, top_k) if self.task == "detection" else self._segmentation(name, output, top_k)

@@ -423,10 +423,100 @@ def _train(task: str, data, backbone, build, *, strategy, policy, trainable_stag
     if out is not None:
         result.bundle_path = bundle.save(out / "bundle")
         atomic_write_json(out / "metrics.json", result.to_dict())
+        shown, split = (test_rows, "test") if len(test_rows) else (val_rows, "val")
+        _write_run_files(out, result, settings, scenes, shown, split, loader, accelerator.device, resume)
     if test is not None:
         headline = f"test mAP {_fmt(test['map'])}, mAP@0.5 {_fmt(test['map_50'])}" if task == "detection" else f"test mIoU {_fmt(test['miou'])}, pixel accuracy {_fmt(test['pixel_accuracy'])}"
         _say(quiet, f"kept epoch {state['best_epoch']}: {headline}" + (f"; bundle {result.bundle_path}" if result.bundle_path else ""))
     return result
+
+
+# ----- the run directory ---------------------------------------------------------------------------
+
+# Test images drawn with their predictions for the report.
+PICTURES = 8
+DRAWN_SUFFIXES = (".boxes.png", ".mask.png", ".overlay.png")
+
+
+def _write_run_files(out: Path, result: TaskResult, settings: dict[str, Any], scenes: SceneSet, rows: np.ndarray, split: str,
+                     loader: _Loader, device, resumed: bool) -> None:
+    """Pictures of the predictions on up to :data:`PICTURES` images of ``rows``, ``manifest.json`` and ``report.html``.
+
+    Neither a picture nor the report that fails loses the run: each is a warning.
+    """
+    from headstart.runs import write_manifest, write_report_or_warn
+
+    try:
+        _draw_predictions(out, result.bundle, scenes, rows[:PICTURES], split, loader, device)
+    except Exception as exc:  # noqa: BLE001 - the model and metrics are saved; only the pictures are missing
+        _say(False, f"warning: the prediction pictures were not drawn ({type(exc).__name__}: {exc})")
+    write_manifest(
+        out,
+        task=result.task,
+        seed=settings["seed"],
+        device=str(device),
+        mixed_precision=settings["mixed_precision"],
+        backbone=result.backbone,
+        weights_sha256=settings["weights_sha256"],
+        image_size=settings["image_size"],
+        data_source=scenes.source,
+        data_fingerprint=settings["data"],
+        strategy=result.policy.strategy,
+        epochs=settings["epochs"],
+        lr=result.lr,
+        batch_size=settings["batch_size"],
+        resumed=resumed,
+        wall_seconds=round(result.seconds, 2),
+        cpu_seconds=round(result.cpu_seconds, 2),
+        pictures=f"{min(PICTURES, len(rows))} {split} images" if len(rows) else "none (no test or val split)",
+    )
+    write_report_or_warn(out)
+
+
+def _draw_predictions(out: Path, bundle: TaskBundle, scenes: SceneSet, rows: np.ndarray, split: str, loader: _Loader, device) -> None:
+    """Draw the bundle's predictions on ``rows`` into the report's predictions folder, with ``captions.json``.
+
+    The drawing is :meth:`TaskBundle.write_outputs`' (boxes, or masks and overlays); each caption
+    names what was predicted beside the ground truth: box counts for detection, the image's mIoU for
+    segmentation.
+    """
+    from headstart.evaluate.report import PREDICTION_IMAGE_DIR
+    from headstart.tasks.metrics import confusion_matrix, segmentation_metrics
+
+    folder = out / PREDICTION_IMAGE_DIR
+    if folder.is_dir():  # pictures of an earlier run in this folder would mix with these
+        for old in folder.iterdir():
+            if old.name.endswith(DRAWN_SUFFIXES) or old.name in ("predictions.json", "captions.json"):
+                old.unlink()
+    if not len(rows):
+        return
+    model = bundle.model
+    model.to(device)
+    try:
+        predictions = bundle.predict_batch([loader.image(row) for row in rows], device=device)
+    finally:
+        model.to("cpu")
+    for prediction, row in zip(predictions, rows):
+        prediction.input = scenes.scenes[int(row)].name
+    bundle.write_outputs(predictions, folder)
+    captions: dict[str, str] = {}
+    for prediction, row in zip(predictions, rows):
+        if prediction.error is not None or not prediction.files:
+            continue
+        scene = scenes.scenes[int(row)]
+        if bundle.task == "detection":
+            truth = [scenes.classes[int(label)] for label, crowd in zip(scene.labels, scene.iscrowd) if not crowd]
+            found = prediction.boxes or []
+            caption = (f"{scene.name} ({split}): {len(found)} box{'es' if len(found) != 1 else ''} predicted at score >= "
+                       f"{bundle.score_threshold:g}, {len(truth)} true" + (f" ({', '.join(truth)})" if truth else ""))
+        else:
+            confusion = confusion_matrix(prediction.mask, scene.mask, len(bundle.classes), bundle.ignore_index)
+            miou = segmentation_metrics(confusion, bundle.classes)["miou"]
+            present = [bundle.classes[i] for i in np.unique(scene.mask) if 0 < i < len(bundle.classes)]
+            caption = (f"{scene.name} ({split}): mIoU {'-' if miou is None else f'{miou:.2f}'}"
+                       + (f", true classes: {', '.join(present)}" if present else ""))
+        captions[Path(prediction.files[-1]).name] = caption
+    atomic_write_json(folder / "captions.json", captions)
 
 
 def _after_epoch(epoch: int) -> None:
