@@ -43,6 +43,7 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
 
     started = time.perf_counter()
     out = Path(out)
+    show = err_console if quiet else console  # quiet (and --json) keeps stdout for the result alone
 
     # 1. Data.
     data = load_data("builtin:animal-mnist", per_class=per_class, seed=seed)
@@ -62,16 +63,16 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
     sample = RANK_PER_CLASS * len(data.classes)
     err_console.print(f"[bold]3. rank[/] on {sample} training images (transferability scores, a cross-validated probe, cost)")
     ranking = rank_backbones(list(DEMO_BACKBONES), data, sample=sample, image_size=image_size, seed=seed, store=store, quiet=True)
-    print_rank_table(ranking, title=f"Animal-MNIST, backbones ranked on {ranking.sample['n_samples']} training images")
+    print_rank_table(ranking, title=f"Animal-MNIST, backbones ranked on {ranking.sample['n_samples']} training images", console=show)
     ranking.write(out)
 
     # 4. Fit heads, evaluate, save bundles.
     err_console.print(f"[bold]4. fit heads[/] {', '.join(DEMO_HEADS)} on all {sum(counts['train'].values())} training images")
     report = probe(data, list(DEMO_BACKBONES), list(DEMO_HEADS), image_size=image_size, seed=seed, out=out, store=store, quiet=quiet)
-    print_probe_table(report.runs, title="Animal-MNIST, test accuracy by backbone and head")
+    print_probe_table(report.runs, title="Animal-MNIST, test accuracy by backbone and head", console=show)
     linear_best = max((run for run in report.runs if run.head == "linear"), key=lambda run: run.test.accuracy)
     verdict = "agrees with" if ranking.best.backbone == linear_best.backbone else "differs from"
-    console.print(f"ranking's pick: {ranking.best.backbone}; it {verdict} the best linear probe on all the data ({linear_best.backbone}, {linear_best.test.accuracy:.3f})")
+    show.print(f"ranking's pick: {ranking.best.backbone}; it {verdict} the best linear probe on all the data ({linear_best.backbone}, {linear_best.test.accuracy:.3f})")
 
     # 5. Reload the best bundle and predict a few held-out images.
     best = report.best
@@ -80,9 +81,9 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
     images = [data.items[i] for i in test_rows]
     predicted = bundle.predict(images)
     truth = [data.classes[data.labels[i]] for i in test_rows]
-    console.print(f"best: {best.backbone} + {best.head} head, test accuracy {best.test.accuracy:.3f}; bundle saved to {out / 'bundle'}")
+    show.print(f"best: {best.backbone} + {best.head} head, test accuracy {best.test.accuracy:.3f}; bundle saved to {out / 'bundle'}")
     for want, got in zip(truth, predicted):
-        console.print(f"  predict: true {want:<9} -> predicted {got}")
+        show.print(f"  predict: true {want:<9} -> predicted {got}")
 
     # 6. Fine-tune with LP-FT (its probe reads the stored features) and compare with the probe.
     from headstart.finetune import finetune
@@ -95,13 +96,13 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
     probe_run = next(r for r in report.runs if r.backbone == FINETUNE_BACKBONE and r.head == "linear")
     kept = "; " if tuned.best_epoch >= 0 else "; every fine-tuned epoch scored lower on validation, so the probe's weights were kept; "
     kept += "5 epochs gain about 3 points: benchmarks/finetune.py"
-    console.print(
+    show.print(
         f"{FINETUNE_BACKBONE}: linear probe {probe_run.test.accuracy:.3f} -> LP-FT fine-tune {tuned.test.accuracy:.3f} "
         f"(test accuracy, {tuned.seconds:.0f} s{kept}); bundle saved to {tuned.bundle_path}"
     )
 
     seconds = time.perf_counter() - started
-    console.print(f"demo finished in {seconds:.0f} s; store hits: {sum(r.store_hit for r in report.runs)}/{len(report.runs)} runs")
+    show.print(f"demo finished in {seconds:.0f} s; store hits: {sum(r.store_hit for r in report.runs)}/{len(report.runs)} runs")
     reports = _write_reports(out)
     err_console.print(f"report: {reports[0]}  (open it in a browser; `headstart report {out}` renders it again)", highlight=False)
     return {
@@ -134,11 +135,13 @@ def _write_reports(out: Path) -> list[Path]:
     return reports
 
 
-def print_probe_table(runs, title: str) -> None:
-    """A backbone x head table of test accuracy."""
+def print_probe_table(runs, title: str, console=None) -> None:
+    """A backbone x head table of test accuracy (on stdout unless another rich ``console`` is given)."""
     from rich.table import Table
 
-    from headstart.console import console
+    from headstart.console import console as default_console
+
+    console = console or default_console
 
     heads = list(dict.fromkeys(run.head for run in runs))
     table = Table(title=title)
