@@ -8,12 +8,18 @@ multi-process test (run under ``torchrun --nproc_per_node 2``).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import signal
+import sys
 
 import torch
+import torch.distributed as dist
 
 torch.set_num_threads(1)
+# Registered first, so it runs after headstart's own exit handler: a gloo group still alive at
+# interpreter exit can abort the process (SIGABRT), and finetune() must have destroyed it by now.
+atexit.register(lambda: print(f"process group at exit: {'alive' if dist.is_initialized() else 'none'}", file=sys.stderr))
 
 from headstart.data import load_data
 from headstart.finetune import loop

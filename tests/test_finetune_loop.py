@@ -297,6 +297,7 @@ def test_two_gloo_processes_agree_with_one(npz, tmp_path):
         capture_output=True, text=True, env=env, timeout=600, check=False,
     )
     assert double.returncode == 0, double.stderr[-3000:]
+    assert double.stderr.count("process group at exit: none") == 2 and "process group at exit: alive" not in double.stderr
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     for a, b in zip(one["history"], two["history"]):

@@ -13,6 +13,7 @@ parameters train.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import dataclasses
@@ -221,6 +222,7 @@ def finetune(
     started = time.perf_counter()
     _check_arguments(epochs, lr, batch_size, accumulation_steps, optimizer, warmup_epochs, label_smoothing, patience, val_fraction, mixed_precision, resume, out)
     accelerator = _make_accelerator(device, mixed_precision)
+    release_group_at_exit(clean=False)  # until this run ends well, a crash leaves the group alone
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
     out = Path(out) if out is not None else None
@@ -449,6 +451,7 @@ def finetune(
         atomic_write_json(out / "metrics.json", result.to_dict())
         _write_run_files(out, result, settings, data, probe_store_key, resume)
     accelerator.wait_for_everyone()
+    release_group_at_exit(clean=True)
     if main and not quiet:
         tail = f"; probe {probe_test_accuracy:.3f}" if probe_test_accuracy is not None else ""
         score = f"test accuracy {test.accuracy:.3f}" if test else "no test split"
@@ -526,6 +529,36 @@ def _check_arguments(epochs, lr, batch_size, accumulation_steps, optimizer, warm
         raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {mixed_precision!r}.")
     if resume and out is None:
         raise CheckpointError("resume needs the run folder: pass out (--out DIR) of the run to continue.")
+
+
+_GROUP_AT_EXIT = {"registered": False, "clean": False}
+
+
+def release_group_at_exit(clean: bool) -> None:
+    """Destroy the torch.distributed process group when the interpreter exits, if the last run ended well.
+
+    A process that exits with a gloo group still alive can abort in interpreter finalization
+    (SIGABRT, "terminate called without an active exception": gloo's threads outlive Python; see
+    pytorch/pytorch#190489), which turns a finished ``torchrun`` job into a failed one. After a run
+    that failed, the group is left alone: destroying it while other ranks wait in a collective can
+    hang. No-op without an initialized group.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    _GROUP_AT_EXIT["clean"] = clean
+    if not _GROUP_AT_EXIT["registered"]:
+        atexit.register(_destroy_group_if_clean)
+        _GROUP_AT_EXIT["registered"] = True
+
+
+def _destroy_group_if_clean() -> None:
+    import torch.distributed as dist
+
+    if _GROUP_AT_EXIT["clean"] and dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def _make_accelerator(device: str, mixed_precision: str):
