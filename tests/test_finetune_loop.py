@@ -232,6 +232,16 @@ def test_a_validation_tie_goes_to_the_later_epoch(data, monkeypatch):
     assert result.best_epoch == 1 and [row["best"] for row in result.history] == [True, True, False]
 
 
+def test_a_small_validation_split_gets_a_note_that_the_epoch_choice_is_noisy(data, capsys):
+    n_val = len(split_indices(data, 0.1, 0)[1])
+    assert 0 < n_val < loop.SMALL_VALIDATION
+    finetune(data, TINY_BACKBONE, strategy="full", epochs=1, image_size=32)
+    message = " ".join(capsys.readouterr().err.split())
+    assert f"validation split has {n_val} items" in message and "--val-fraction 0" in message
+    finetune(data, TINY_BACKBONE, strategy="full", epochs=1, image_size=32, val_fraction=0.0)
+    assert "validation split has" not in capsys.readouterr().err
+
+
 def test_lp_ft_keeps_the_probe_when_fine_tuning_does_not_beat_it(data, tmp_path, monkeypatch):
     scores = iter([(0.3, 0.9), (0.5, 0.8), (0.2, 0.85)])  # (loss, accuracy): the start, then epochs 0 and 1
     monkeypatch.setattr(loop, "_validate", lambda *args: next(scores))

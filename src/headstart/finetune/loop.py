@@ -239,6 +239,12 @@ def finetune(
     lr = DEFAULT_LR.get(policy.strategy, 1e-3) if lr is None else float(lr)
     ema_decay = float(ema_decay) if ema_decay else None
     train_rows, val_rows, test_rows = split_indices(data, val_fraction, seed)
+    if main and not quiet and 0 < len(val_rows) < SMALL_VALIDATION:
+        _err(
+            f"note: the validation split has {len(val_rows)} items, so one item moves its accuracy by {100 / len(val_rows):.1f} points "
+            "and the kept epoch is a noisy choice. With little data, --val-fraction 0 trains on everything for a fixed --epochs "
+            "and keeps the last epoch."
+        )
     augment = AugmentConfig(scale=tuple(crop_scale), randaugment=randaugment)
     settings = {  # what must match for --resume to continue the same run
         "backbone": spec.name,
@@ -532,6 +538,7 @@ def _check_arguments(epochs, lr, batch_size, accumulation_steps, optimizer, warm
 
 
 _GROUP_AT_EXIT = {"registered": False, "clean": False}
+SMALL_VALIDATION = 100  # fewer validation items than this get a note that the epoch choice is noisy
 
 
 def release_group_at_exit(clean: bool) -> None:
