@@ -1060,7 +1060,7 @@ img.square { max-width:720px; }
 .card figcaption { font-size:11.5px; margin-top:4px; display:flex; flex-direction:column; }
 .card .true { color:#15803d; } .card .pred { color:#b91c1c; font-weight:600; } .card .conf { color:var(--muted); }
 img.thumb { width:118px; height:118px; object-fit:contain; image-rendering:pixelated; background:#111827; border-radius:4px; display:block; }
-img.grid-image { max-width:360px; height:auto; display:block; }
+img.grid-image { width:280px; max-width:100%; height:auto; display:block; image-rendering:pixelated; }
 .text-item { font-size:12px; height:118px; overflow:hidden; background:#f3f4f6; padding:4px; border-radius:4px; }
 details summary { cursor:pointer; color:var(--muted); margin:4px 0; }
 code { font-size:12px; }
