@@ -33,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import RESULTS, write_section
 
 BACKBONE = "tv:mobilenet_v2.IMAGENET1K_V1"
 RANDOM = "tv:mobilenet_v2@random"
 HERE = Path(__file__).resolve().parent
 STORE = HERE / "_data" / "store"
-RESULTS = HERE / "RESULTS.md"
 SECTION = "## Fine-tuning"
 
 
@@ -157,16 +157,6 @@ def run(args) -> str:
     return "\n".join(lines)
 
 
-def write_section(block: str) -> None:
-    """Replace (or append) the fine-tuning section of RESULTS.md, leaving the other sections alone."""
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n\n"
-    start = text.find(SECTION + "\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + block
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + block + (text[end + 1 :] if end != -1 else "")
-    RESULTS.write_text(text)
 
 
 def main() -> None:

@@ -35,26 +35,23 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+from _results import RESULTS, write_section
 from scipy.stats import weightedtau
-from threadpoolctl import threadpool_limits
 
 import headstart
 from headstart.backbones import load_backbone
 from headstart.data.dataset import Dataset, subsample_per_class
 from headstart.features import FeatureStore, extract
 from headstart.heads import LinearProbe
-from headstart.select.rank import ALL_SCORES, DEFAULT_COMBINATION, Combination, _compute, _source_logits, combine_scores, rank_backbones
+from headstart.select.rank import ALL_SCORES, DEFAULT_COMBINATION, Combination, _compute, _one_thread, _source_logits, combine_scores, rank_backbones
 
 os.environ.setdefault("HEADSTART_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 STORE = HERE / "_data" / "store"
-RESULTS = HERE / "RESULTS.md"
 
 POOL = [
     "tv:mobilenet_v2.IMAGENET1K_V1",
@@ -104,17 +101,6 @@ def truth_dataset(source: str, per_class: int = 100, seed: int = 0) -> Dataset:
     return data.subset(np.sort(np.concatenate([data.indices("train"), test])))
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def truth(data: Dataset, image_size: int, store: FeatureStore) -> dict[str, dict]:
     """Linear-probe test accuracy of every pool candidate (features extracted or read back)."""
     results = {}
@@ -123,7 +109,7 @@ def truth(data: Dataset, image_size: int, store: FeatureStore) -> dict[str, dict
         features = extract(load_backbone(backbone_name), data, layer=layer or None, image_size=image_size, store=store, quiet=True)
         X_train, y_train = features.get("train")
         X_test, y_test = features.get("test")
-        with one_thread():  # small L-BFGS steps: a second thread only adds waiting on a shared CPU
+        with _one_thread():  # small L-BFGS steps: a second thread only adds waiting on a shared CPU
             probe = LinearProbe(random_state=0).fit(X_train, y_train)
         accuracy = float(np.mean(probe.predict(X_test) == y_test))
         results[name] = {"accuracy": accuracy, "extract_s": None if features.hit else features.seconds}
@@ -159,7 +145,7 @@ def evaluate_dataset(source: str, image_size: int, per_class: int, seeds: list[i
         if seed in tables and set(tables[seed]) == set(POOL):
             continue
         started = time.perf_counter()
-        with one_thread():  # scores on 200 x 1280 matrices: on a shared 2-core CPU, a second BLAS thread mostly waits
+        with _one_thread():  # scores on 200 x 1280 matrices: on a shared 2-core CPU, a second BLAS thread mostly waits
             table = rank_backbones(
                 POOL, data, scores=ALL_SCORES, sample=per_class * len(data.classes), image_size=image_size, seed=seed, cost=False,
                 store=store, quiet=True,
@@ -229,7 +215,7 @@ def score_seconds(image_size: int, n_images: int = 2000) -> dict[str, float]:
     X, y = features.X[:n_images], features.labels[:n_images]
     logits, reason = _source_logits(backbone, backbone.spec.default_layer, X)
     seconds = {}
-    with one_thread():
+    with _one_thread():
         for name in ALL_SCORES:
             started = time.process_time()
             _compute((name,), X, y, logits, reason, 0)
@@ -311,17 +297,6 @@ def report(results: dict[str, dict], args, timed: dict | None, score_cost: dict[
     return "\n".join(lines) + "\n", best
 
 
-def write_section(section: str) -> None:
-    """Replace the '## Ranking' section of RESULTS.md (or append it), leaving the others alone."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    start = text.find("## Ranking\n")
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        rest = "" if end == -1 else "\n" + text[end + 1 :]
-        text = text[:start] + section + rest
-    RESULTS.write_text(text)
 
 
 def seed_list(text: str) -> list[int]:

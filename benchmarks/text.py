@@ -48,12 +48,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import write_subsection
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "_data"
 STORE = DATA / "store"
 LOG = DATA / "text_results.jsonl"
-RESULTS = HERE / "RESULTS.md"
 SECTION = "## Text"
 TITLE = "Learning curves on VADER tweets (benchmarks/text.py)"
 BACKBONE = "st:sentence-transformers/all-MiniLM-L6-v2"
@@ -186,28 +186,10 @@ def report(write: bool) -> str:
     ]
     text = "\n".join(lines)
     if write:
-        write_subsection(RESULTS, SECTION, TITLE, text)
+        write_subsection(SECTION, TITLE, text)
     return text
 
 
-def write_subsection(path: Path, section: str, title: str, body: str) -> None:
-    """Replace (or add) the ``### title`` part of ``section`` in a Markdown file; nothing else changes."""
-    old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    start = old.find(section + "\n")
-    if start < 0:
-        old = old.rstrip("\n") + "\n\n" + section + "\n"
-        start = old.find(section + "\n")
-    end = old.find("\n## ", start + len(section))
-    end = len(old) if end < 0 else end + 1
-    part = old[start:end]
-    block = f"### {title}\n\n{body.strip()}\n\n"
-    sub = part.find(f"### {title}\n")
-    if sub < 0:
-        part = part.rstrip("\n") + "\n\n" + block
-    else:
-        sub_end = part.find("\n### ", sub + 4)
-        part = part[:sub] + block + (part[sub_end + 1 :] if sub_end >= 0 else "")
-    path.write_text(old[:start] + part + old[end:])
 
 
 def main() -> None:
