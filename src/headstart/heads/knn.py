@@ -192,15 +192,21 @@ class KNNProbe(HeadBase):
                 block_sq = np.einsum("ij,ij->i", block, block)
                 squared = block_sq[:, None] + reference_sq[None, :] - 2.0 * products
                 distances = np.sqrt(np.clip(squared, 0.0, None))
-            if k < distances.shape[1]:
-                nearest = np.argpartition(distances, k - 1, axis=1)[:, :k]
-            else:
-                nearest = np.broadcast_to(np.arange(distances.shape[1]), distances.shape).copy()
-            nearest_distances = np.take_along_axis(distances, nearest, axis=1)
-            order = np.argsort(nearest_distances, axis=1, kind="stable")
-            all_indices.append(np.take_along_axis(nearest, order, axis=1))
-            all_distances.append(np.take_along_axis(nearest_distances, order, axis=1))
+            nearest_distances, nearest = nearest_first(distances, k)
+            all_distances.append(nearest_distances)
+            all_indices.append(nearest)
         return np.concatenate(all_distances), np.concatenate(all_indices)
+
+
+def nearest_first(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` smallest distances of each row and their column indices, nearest first (ties by column)."""
+    if k < distances.shape[1]:
+        nearest = np.argpartition(distances, k - 1, axis=1)[:, :k]
+    else:
+        nearest = np.broadcast_to(np.arange(distances.shape[1]), distances.shape).copy()
+    nearest_distances = np.take_along_axis(distances, nearest, axis=1)
+    order = np.argsort(nearest_distances, axis=1, kind="stable")
+    return np.take_along_axis(nearest_distances, order, axis=1), np.take_along_axis(nearest, order, axis=1)
 
 
 def _vote_tallies(distances: np.ndarray, labels: np.ndarray, n_classes: int, ks: list[int]) -> dict:

@@ -560,8 +560,6 @@ def _cv_accuracy(head_name: str, features: np.ndarray, labels: np.ndarray, seed:
 
 # Up to this many rows, kNN cross-validation reads one n x n distance matrix (32 MB at 2,000 rows).
 _KNN_SHORTCUT_MAX_ROWS = 6000
-# KNNProbe adds this to distances before inverting them into vote weights.
-_KNN_DISTANCE_EPS = 1e-9
 
 
 def _knn_cv_accuracy(features: np.ndarray, labels: np.ndarray, seed: int, n_folds: int) -> float:
@@ -615,25 +613,11 @@ def _knn_choose_k(distance: np.ndarray, train: np.ndarray, codes: np.ndarray, n_
 
 
 def _knn_votes(distances: np.ndarray, reference_codes: np.ndarray, n_classes: int, ks: list[int]) -> dict[int, np.ndarray]:
-    """Distance-weighted votes of the nearest references, after each k in ``ks`` (as KNNProbe)."""
-    k_max = max(ks)
-    if k_max < distances.shape[1]:
-        nearest = np.argpartition(distances, k_max - 1, axis=1)[:, :k_max]
-    else:
-        nearest = np.broadcast_to(np.arange(distances.shape[1]), distances.shape).copy()
-    nearest_distances = np.take_along_axis(distances, nearest, axis=1)
-    order = np.argsort(nearest_distances, axis=1, kind="stable")
-    nearest = np.take_along_axis(nearest, order, axis=1)
-    weights = 1.0 / (np.take_along_axis(nearest_distances, order, axis=1) + _KNN_DISTANCE_EPS)
-    labels = reference_codes[nearest]
-    rows = np.arange(len(distances))
-    votes = np.zeros((len(distances), n_classes))
-    tallies = {}
-    for j in range(k_max):
-        votes[rows, labels[:, j]] += weights[:, j]
-        if j + 1 in ks:
-            tallies[j + 1] = votes.copy()
-    return tallies
+    """Distance-weighted votes of the nearest references, after each k in ``ks`` (KNNProbe's own code)."""
+    from headstart.heads.knn import _vote_tallies, nearest_first
+
+    nearest_distances, nearest = nearest_first(distances, max(ks))
+    return _vote_tallies(nearest_distances, reference_codes[nearest], n_classes, ks)
 
 
 def _compute(names: tuple[str, ...], features: np.ndarray, labels: np.ndarray, logits: np.ndarray | None, logits_reason: str | None, seed: int) -> tuple[dict[str, float | None], dict[str, str], dict[str, float]]:
