@@ -30,6 +30,17 @@ def tiny_arrays():
     return images, labels
 
 
+def assert_task_run_manifest(out, task: str, result, scenes) -> None:
+    """A detect/segment training run's manifest.json: command, versions, task, seed, wall time, weights and data."""
+    import json
+    import sys
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["command"] == sys.argv and "torch" in manifest["versions"]
+    assert manifest["task"] == task and manifest["seed"] == 0 and manifest["wall_seconds"] > 0
+    assert manifest["weights_sha256"] == result.bundle.spec.sha256 and manifest["data_fingerprint"] == scenes.fingerprint()
+
+
 def report_sections(page: str) -> dict[str, str]:
     """The sections of a report.html page: id to the section's HTML."""
     import re

@@ -183,14 +183,10 @@ def test_train_bundle_round_trip_and_predict_cli(scenes, tmp_path):
 def _assert_run_files(out, result, scenes):
     """manifest.json, and report.html with the test images' boxes drawn and captioned against the truth."""
     import html
-    import sys
 
-    from conftest import report_sections
+    from conftest import assert_task_run_manifest, report_sections
 
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["command"] == sys.argv and "torch" in manifest["versions"]
-    assert manifest["task"] == "detection" and manifest["seed"] == 0 and manifest["wall_seconds"] > 0
-    assert manifest["weights_sha256"] == result.bundle.spec.sha256 and manifest["data_fingerprint"] == scenes.fingerprint()
+    assert_task_run_manifest(out, "detection", result, scenes)
     test_rows = scenes.indices("test")
     drawn = sorted((out / "predictions").glob("*.boxes.png"))
     assert [p.name for p in drawn] == sorted(f"{scenes.scenes[i].name}.boxes.png" for i in test_rows)

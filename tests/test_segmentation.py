@@ -97,14 +97,10 @@ def test_train_bundle_and_predict_writes_masks_and_overlays(scenes, tmp_path):
 def _assert_run_files(out, result, scenes):
     """manifest.json, and report.html with overlays of the test images captioned with their own mIoU."""
     import html
-    import sys
 
-    from conftest import report_sections
+    from conftest import assert_task_run_manifest, report_sections
 
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["command"] == sys.argv and "torch" in manifest["versions"]
-    assert manifest["task"] == "segmentation" and manifest["seed"] == 0 and manifest["wall_seconds"] > 0
-    assert manifest["weights_sha256"] == result.bundle.spec.sha256 and manifest["data_fingerprint"] == scenes.fingerprint()
+    assert_task_run_manifest(out, "segmentation", result, scenes)
     test_rows = scenes.indices("test")
     overlays = sorted((out / "predictions").glob("*.overlay.png"))
     assert [p.name for p in overlays] == sorted(f"{scenes.scenes[i].name}.overlay.png" for i in test_rows)
