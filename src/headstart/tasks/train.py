@@ -39,7 +39,7 @@ from headstart.finetune.augment import sample_seed
 from headstart.finetune.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, settings_diff
 from headstart.finetune.data import train_batches
 from headstart.finetune.guard import FrozenGuard
-from headstart.finetune.loop import TrainingDivergedError, _make_accelerator, _warmup_cosine, release_group_at_exit
+from headstart.finetune.loop import TrainingDivergedError, _make_accelerator, _warmup_cosine
 from headstart.finetune.policy import FinetunePolicy, PolicyError, strategy_policy
 from headstart.tasks.bundles import TaskBundle
 from headstart.tasks.scenes import SceneSet, load_scenes
@@ -271,7 +271,6 @@ def _train(task: str, data, backbone, build, *, strategy, policy, trainable_stag
     started, cpu_started = time.perf_counter(), time.process_time()
     _check_arguments(epochs, lr, batch_size, optimizer, val_fraction, resume, out)
     accelerator = _make_accelerator(device, mixed_precision)
-    release_group_at_exit(clean=False)
     if accelerator.num_processes > 1:
         raise HeadstartError("Detection and segmentation training runs in one process for now; start it without accelerate launch / torchrun.")
     out = Path(out) if out is not None else None
@@ -429,7 +428,6 @@ def _train(task: str, data, backbone, build, *, strategy, policy, trainable_stag
     if test is not None:
         headline = f"test mAP {_fmt(test['map'])}, mAP@0.5 {_fmt(test['map_50'])}" if task == "detection" else f"test mIoU {_fmt(test['miou'])}, pixel accuracy {_fmt(test['pixel_accuracy'])}"
         _say(quiet, f"kept epoch {state['best_epoch']}: {headline}" + (f"; bundle {result.bundle_path}" if result.bundle_path else ""))
-    release_group_at_exit(clean=True)
     return result
 
 
