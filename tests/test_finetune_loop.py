@@ -30,7 +30,7 @@ from headstart.finetune import (
 )
 from headstart.finetune import loop
 from headstart.finetune.data import split_indices, train_batches
-from headstart.finetune.model import is_batchnorm
+from headstart.models.classifier import is_batchnorm
 
 from conftest import TINY_BACKBONE, report_sections
 

@@ -17,8 +17,8 @@ from headstart.finetune import (
     strategy_policy,
     suggest_batch_size,
 )
-from headstart.finetune.augment import AugmentConfig, augment_batch
-from headstart.finetune.model import head_to_probe_state, is_batchnorm
+from headstart.data.augment import AugmentConfig, augment_batch
+from headstart.models.classifier import head_to_probe_state, is_batchnorm
 from headstart.heads import LinearProbe, head_from_state
 
 from conftest import TINY_BACKBONE
@@ -236,7 +236,7 @@ def test_augmentation_is_seeded_and_the_same_on_every_process(tiny_backbone):
 def test_randaugment_is_seeded_on_arrays_and_files(tiny_backbone):
     from PIL import Image
 
-    from headstart.finetune.augment import pil_train_transform
+    from headstart.data.augment import pil_train_transform
 
     spec = tiny_backbone.spec.with_input_size(24)
     images = np.random.default_rng(1).integers(0, 255, size=(4, 20, 20, 3), dtype=np.uint8)

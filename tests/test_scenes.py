@@ -10,11 +10,11 @@ from PIL import Image
 
 from headstart.errors import DataError
 from headstart.tasks import animal_scenes, load_scenes, write_coco
-from headstart.tasks.coco import load_coco, save_palette_png
-from headstart.tasks.masks import load_mask_folder, read_index_mask
-from headstart.tasks.scenes import IGNORE_INDEX
-from headstart.tasks.synthetic import visible_objects
-from headstart.tasks.voc import load_voc
+from headstart.data.scenes.coco import load_coco, save_palette_png
+from headstart.data.scenes.masks import load_mask_folder, read_index_mask
+from headstart.data.scenes.scene import IGNORE_INDEX
+from headstart.data.scenes.synthetic import visible_objects
+from headstart.data.scenes.voc import load_voc
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from headstart.backbones import load_backbone
 from headstart.tasks import animal_scenes, build_segmenter, segmentation_metrics, train_segmenter
-from headstart.tasks.metrics import confusion_matrix
+from headstart.evaluate.tasks import confusion_matrix
 
 TINY = "timm:test_efficientnet@random"
 

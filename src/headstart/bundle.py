@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,22 +29,10 @@ import torch
 from headstart.backbones import Backbone, BackboneSpec, load_backbone
 from headstart.backbones.packaged import sha256_file
 from headstart.errors import DataError, HeadstartError, WeightsMismatchError
-from headstart.features.store import atomic_write_bytes, atomic_write_json
+from headstart.versions import package_versions
+from headstart.io import atomic_write_bytes, atomic_write_json
 
 BUNDLE_FORMAT = 1
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape a result."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": platform.python_version()}
-    for name in ("headstart", "torch", "torchvision", "timm", "numpy", "scikit-learn", "transformers"):
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return versions
 
 
 @dataclass

@@ -183,7 +183,7 @@ def predict_cmd(
 ) -> None:
     """Predict with a saved bundle (classification, detection or segmentation); unreadable inputs are reported and skipped."""
     from headstart.bundle import Bundle
-    from headstart.data.sources import IMAGE_EXTENSIONS
+    from headstart.data.dataset import IMAGE_EXTENSIONS
     from headstart.data.text_sources import read_texts
 
     _allow_remote_code(trust_remote_code)
@@ -225,7 +225,7 @@ def predict_cmd(
         if write_outputs is not None:
             write_outputs(results, out)
         else:
-            from headstart.features.store import atomic_write_json
+            from headstart.io import atomic_write_json
 
             atomic_write_json(out / "predictions.json", {"task": "classification", "bundle": str(bundle), "predictions": [r.to_dict() for r in results]})
     if json_out:

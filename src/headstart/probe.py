@@ -19,7 +19,7 @@ from headstart.data.dataset import Dataset
 from headstart.errors import DataError
 from headstart.evaluate import EvalResult, evaluate
 from headstart.features import FeatureStore, Features, extract
-from headstart.features.store import atomic_write_bytes, atomic_write_json
+from headstart.io import atomic_write_bytes, atomic_write_json
 from headstart.heads import make_head
 
 

@@ -26,8 +26,8 @@ def write_manifest(out: str | Path, **fields: Any) -> Path:
     weights sha256, data fingerprint, store keys, wall seconds). Values that JSON cannot hold (paths,
     for example) are written as strings.
     """
-    from headstart.bundle import package_versions
-    from headstart.features.store import atomic_write_json
+    from headstart.versions import package_versions
+    from headstart.io import atomic_write_json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -121,7 +121,7 @@ def evaluate_cmd(
     """Evaluate a detection or segmentation bundle on annotated data (skipped items are listed on stderr)."""
     from headstart.errors import DataError
     from headstart.tasks.bundles import TaskBundle
-    from headstart.tasks.scenes import load_scenes
+    from headstart.data.scenes import load_scenes
     from headstart.tasks.train import _evaluate, _Loader
 
     loaded = TaskBundle.load(bundle)

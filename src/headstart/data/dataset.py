@@ -13,6 +13,7 @@ import numpy as np
 from headstart.errors import DataError
 
 SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 @dataclass
@@ -160,3 +161,22 @@ def check_classes(classes: Sequence[str], labels: np.ndarray, source: str) -> No
             f"{source}: found {present} class ({', '.join(classes)}), but a classifier needs at least 2. "
             "Add a folder (or label) for each other class."
         )
+
+
+def encode_labels(labels, classes: list[str] | None, source: str) -> tuple[np.ndarray, list[str]]:
+    """Class ids and names from labels: one-hot rows, ids into ``classes``, or names (sorted naturally)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        names = classes or [str(i) for i in range(labels.shape[1])]
+        return labels.astype(np.int64), names
+    if classes is not None and np.issubdtype(labels.dtype, np.integer):
+        if labels.min() < 0 or labels.max() >= len(classes):
+            raise DataError(f"{source}: labels range over {labels.min()}..{labels.max()}, but {len(classes)} classes were named.")
+        return labels.astype(np.int64), list(classes)
+    names = sorted({str(v) for v in labels.tolist()}, key=_natural_key)
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[str(v)] for v in labels.tolist()], dtype=np.int64), names
+
+
+def _natural_key(text: str):
+    return (0, int(text)) if text.lstrip("-").isdigit() else (1, text)

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from headstart.data.dataset import SPLITS, Dataset, check_classes, stratified_split, subsample_per_class
+from headstart.data.dataset import IMAGE_EXTENSIONS, SPLITS, Dataset, encode_labels, check_classes, stratified_split, subsample_per_class
 from headstart.errors import DataError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 def load_data(
@@ -116,26 +115,8 @@ def from_arrays(images: np.ndarray, labels: np.ndarray, classes: list[str] | Non
         if images.min() >= 0 and images.max() <= 1.0:
             images = (images * 255).round()
         images = np.clip(images, 0, 255).astype(np.uint8)
-    label_ids, classes = _encode_labels(labels, classes, source)
+    label_ids, classes = encode_labels(labels, classes, source)
     return Dataset(source, "image", classes, images, label_ids, np.full(len(labels), "train", dtype=object))
-
-
-def _encode_labels(labels, classes: list[str] | None, source: str) -> tuple[np.ndarray, list[str]]:
-    labels = np.asarray(labels)
-    if labels.ndim == 2:
-        names = classes or [str(i) for i in range(labels.shape[1])]
-        return labels.astype(np.int64), names
-    if classes is not None and np.issubdtype(labels.dtype, np.integer):
-        if labels.min() < 0 or labels.max() >= len(classes):
-            raise DataError(f"{source}: labels range over {labels.min()}..{labels.max()}, but {len(classes)} classes were named.")
-        return labels.astype(np.int64), list(classes)
-    names = sorted({str(v) for v in labels.tolist()}, key=_natural_key)
-    index = {name: i for i, name in enumerate(names)}
-    return np.array([index[str(v)] for v in labels.tolist()], dtype=np.int64), names
-
-
-def _natural_key(text: str):
-    return (0, int(text)) if text.lstrip("-").isdigit() else (1, text)
 
 
 def from_folder(root: Path) -> Dataset:
@@ -180,7 +161,7 @@ def from_manifest(path: Path, path_column: str = "path", label_column: str = "la
         if split not in SPLITS:
             raise DataError(f"Manifest {path}: split {split!r} is not one of {', '.join(SPLITS)}.")
         splits.append(split)
-    labels, classes = _encode_labels(np.array(raw_labels), None, str(path))
+    labels, classes = encode_labels(np.array(raw_labels), None, str(path))
     return Dataset(str(path), "image", classes, items, labels, np.array(splits, dtype=object))
 
 

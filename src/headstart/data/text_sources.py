@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.data.dataset import SPLITS, Dataset
+from headstart.data.dataset import IMAGE_EXTENSIONS, SPLITS, Dataset, encode_labels
 from headstart.errors import DataError
 
 TEXT_TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -136,7 +136,6 @@ def from_text_table(
 
 def encode_text_labels(raw: Sequence[Any], separator: str | None = None) -> tuple[np.ndarray, list[str]]:
     """Integer labels (N,), or a 0/1 indicator matrix (N, L) when any label is a list or splits on ``separator``."""
-    from headstart.data.sources import _encode_labels
 
     def as_list(value: Any) -> list[str] | None:
         if isinstance(value, list):
@@ -147,7 +146,7 @@ def encode_text_labels(raw: Sequence[Any], separator: str | None = None) -> tupl
 
     lists = [as_list(v) for v in raw]
     if not any(item is not None for item in lists):
-        return _encode_labels(np.array([str(v).strip() for v in raw]), None, "labels")
+        return encode_labels(np.array([str(v).strip() for v in raw]), None, "labels")
     sets = [item if item is not None else [str(value).strip()] for item, value in zip(lists, raw)]
     classes = sorted({name for names in sets for name in names})
     index = {name: i for i, name in enumerate(classes)}
@@ -180,7 +179,6 @@ def looks_like_text_table(path: Path, path_column: str = "path") -> bool:
 
 def is_text_folder(root: Path) -> bool:
     """Whether a folder's class subfolders hold ``.txt`` files and no images."""
-    from headstart.data.sources import IMAGE_EXTENSIONS
 
     n_text = 0
     for path in root.rglob("*"):

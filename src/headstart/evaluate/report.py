@@ -292,7 +292,7 @@ def write_test_predictions(
     Returns:
         The CSV's path.
     """
-    from headstart.features.store import atomic_write_bytes
+    from headstart.io import atomic_write_bytes
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -1194,7 +1194,7 @@ def _overlay_png(curves: list[tuple[str, list[float], str, list[float | None]]],
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Render ``run_dir`` to ``run_dir/report.html`` (or ``out``) and return the file's path."""
-    from headstart.features.store import atomic_write_bytes
+    from headstart.io import atomic_write_bytes
 
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
     page = render_report(run_dir)
@@ -1205,7 +1205,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 def write_comparison(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """Render a side-by-side comparison of ``run_dirs`` to ``out`` and return its path."""
-    from headstart.features.store import atomic_write_bytes
+    from headstart.io import atomic_write_bytes
 
     path = Path(out)
     page = render_comparison(run_dirs)

@@ -87,10 +87,10 @@ class Features:
 
 
 def pick_device(device: str | None = None) -> torch.device:
-    """``cuda`` when available (or when asked), else ``cpu``."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``cuda`` when available (or when asked), else ``cpu``: :func:`headstart.device.torch_device`."""
+    from headstart.device import torch_device
+
+    return torch_device(device)
 
 
 def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil") -> dict[str, Any]:

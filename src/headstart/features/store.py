@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from headstart.errors import CacheError
+from headstart.io import atomic_write_bytes
 
 FORMAT_VERSION = 1
 
@@ -45,26 +46,6 @@ def make_key(parts: dict[str, Any]) -> str:
     """The sha256 of the canonical JSON of ``parts`` (plus the store format version)."""
     canonical = json.dumps({"format": FORMAT_VERSION, **parts}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file, or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
 
 
 class _LocalFiles:

@@ -11,7 +11,7 @@
 from headstart.finetune.checkpoint import CheckpointError
 from headstart.finetune.guard import FrozenGuard, FrozenWeightsChangedError
 from headstart.finetune.loop import FinetuneResult, OutOfMemoryError, TrainingDivergedError, finetune, suggest_batch_size
-from headstart.finetune.model import FinetuneModel
+from headstart.models.classifier import FinetuneModel
 from headstart.finetune.policy import STRATEGIES, FinetunePolicy, PolicyError, strategy_policy
 
 __all__ = [

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from headstart.errors import HeadstartError
-from headstart.features.store import atomic_write_bytes
+from headstart.io import atomic_write_bytes
 
 CHECKPOINT_FORMAT = 1
 

@@ -17,7 +17,7 @@ from headstart.backbones.spec import BackboneSpec
 from headstart.data.dataset import Dataset, stratified_split
 from headstart.data.transforms import decode_file, preprocess_array_batch, preprocess_pil
 from headstart.errors import DataError
-from headstart.finetune.augment import AugmentConfig, augment_batch, pil_train_transform, sample_seed
+from headstart.data.augment import AugmentConfig, augment_batch, pil_train_transform, sample_seed
 
 IGNORE = -100  # label of a file that failed to decode: CrossEntropyLoss skips it
 

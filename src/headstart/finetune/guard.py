@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from headstart.errors import HeadstartError
-from headstart.finetune.model import FinetuneModel
+from headstart.models.classifier import FinetuneModel
 
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 

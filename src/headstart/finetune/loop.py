@@ -36,13 +36,13 @@ from headstart.data.dataset import Dataset
 from headstart.errors import DataError, HeadstartError, require
 from headstart.evaluate import EvalResult, evaluate
 from headstart.features import FeatureStore
-from headstart.features.store import atomic_write_bytes, atomic_write_json
-from headstart.finetune.augment import AugmentConfig
+from headstart.io import atomic_write_bytes, atomic_write_json
+from headstart.data.augment import AugmentConfig
 from headstart.finetune.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, settings_diff
 from headstart.finetune.data import IGNORE, Batcher, TextBatcher, split_indices, train_batches
 from headstart.finetune.ema import WeightEMA
 from headstart.finetune.guard import FrozenGuard
-from headstart.finetune.model import FinetuneModel, head_to_probe_state
+from headstart.models.classifier import FinetuneModel, head_to_probe_state
 from headstart.finetune.policy import STRATEGIES, CompiledPolicy, FinetunePolicy, PolicyError, strategy_policy
 
 # Base (head) learning rate of each strategy when --lr is not given.

@@ -28,7 +28,7 @@ from typing import Any
 from torch import nn
 
 from headstart.errors import HeadstartError
-from headstart.finetune.model import BN_MODES, HEAD, FinetuneModel, is_batchnorm
+from headstart.models.classifier import BN_MODES, HEAD, FinetuneModel, is_batchnorm
 
 HEAD_INITS = ("probe", "random", "zeros")
 STRATEGIES = ("lp-ft", "linear-then-full", "last-stage", "gradual", "full", "lora")

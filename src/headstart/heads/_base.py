@@ -289,18 +289,10 @@ def standardize_params(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def resolve_device(device: str, name: str) -> str:
-    """Map ``"auto"`` to ``"cuda"`` when a GPU is available, else ``"cpu"``; check other values."""
-    import torch
+    """A head's ``device`` argument resolved by :func:`headstart.device.resolve_device`."""
+    from headstart.device import resolve_device as resolve
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")):
-        raise ValueError(f"{name}: device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"{name}: device={device!r}, but torch sees no CUDA device. Use device='auto' or 'cpu'."
-        )
-    return device
+    return resolve(device, name)
 
 
 def seed_from(random_state) -> int:

@@ -411,7 +411,7 @@ class RankTable:
         """Write ``rank.json`` and ``rank.csv`` into the run directory ``out``; return ``out``."""
         import json
 
-        from headstart.features.store import atomic_write_bytes
+        from headstart.io import atomic_write_bytes
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -16,20 +16,20 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "Scene": "headstart.tasks.scenes",
-    "SceneSet": "headstart.tasks.scenes",
-    "Problem": "headstart.tasks.scenes",
-    "load_scenes": "headstart.tasks.scenes",
-    "animal_scenes": "headstart.tasks.synthetic",
-    "write_coco": "headstart.tasks.coco",
-    "build_detector": "headstart.tasks.detection",
-    "build_segmenter": "headstart.tasks.segmentation",
+    "Scene": "headstart.data.scenes.scene",
+    "SceneSet": "headstart.data.scenes.scene",
+    "Problem": "headstart.data.scenes.scene",
+    "load_scenes": "headstart.data.scenes.load",
+    "animal_scenes": "headstart.data.scenes.synthetic",
+    "write_coco": "headstart.data.scenes.coco",
+    "build_detector": "headstart.models.detection",
+    "build_segmenter": "headstart.models.segmentation",
     "train_detector": "headstart.tasks.train",
     "train_segmenter": "headstart.tasks.train",
     "TaskResult": "headstart.tasks.train",
     "TaskBundle": "headstart.tasks.bundles",
-    "detection_metrics": "headstart.tasks.metrics",
-    "segmentation_metrics": "headstart.tasks.metrics",
+    "detection_metrics": "headstart.evaluate.tasks",
+    "segmentation_metrics": "headstart.evaluate.tasks",
 }
 
 __all__ = sorted(_LAZY)

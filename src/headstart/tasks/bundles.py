@@ -27,7 +27,7 @@ import numpy as np
 
 from headstart.backbones import BackboneSpec
 from headstart.errors import DataError, WeightsMismatchError
-from headstart.tasks.scenes import IGNORE_INDEX
+from headstart.data.scenes.scene import IGNORE_INDEX
 
 TASKS = ("detection", "segmentation")
 BUNDLE_FORMAT = 1
@@ -123,8 +123,8 @@ class TaskBundle:
         from safetensors.torch import save as save_tensors
 
         from headstart.backbones.packaged import sha256_file
-        from headstart.bundle import package_versions
-        from headstart.features.store import atomic_write_bytes, atomic_write_json
+        from headstart.versions import package_versions
+        from headstart.io import atomic_write_bytes, atomic_write_json
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -209,10 +209,10 @@ class TaskBundle:
         ``device`` is where the inputs go: the device the model is on.
         """
         if self.task == "detection":
-            from headstart.tasks.detection import detect
+            from headstart.models.detection import detect
 
             return detect(self.model, images, score_threshold=self.score_threshold, device=device)
-        from headstart.tasks.segmentation import segment
+        from headstart.models.segmentation import segment
 
         return segment(self.model, images, device=device)
 
@@ -252,8 +252,8 @@ class TaskBundle:
 
     def write_outputs(self, results: list[TaskPrediction], out: str | Path) -> Path:
         """Write ``predictions.json`` and the drawn images (boxes) or masks and overlays to ``out``."""
-        from headstart.features.store import atomic_write_json
-        from headstart.tasks.coco import class_palette, save_palette_png
+        from headstart.io import atomic_write_json
+        from headstart.data.scenes.coco import class_palette, save_palette_png
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -288,11 +288,11 @@ class TaskBundle:
 def build_model(task: str, backbone, config: dict[str, Any]):
     """Rebuild a task network from its saved config."""
     if task == "detection":
-        from headstart.tasks.detection import build_detector
+        from headstart.models.detection import build_detector
 
         return build_detector(backbone, int(config["num_classes"]), arch=config["arch"], image_size=int(config["image_size"]),
                               fpn_channels=int(config["fpn_channels"]), strides=tuple(config["strides"]))
-    from headstart.tasks.segmentation import build_segmenter
+    from headstart.models.segmentation import build_segmenter
 
     return build_segmenter(backbone, int(config["num_classes"]), head=config["head"], image_size=int(config["image_size"]),
                            channels=int(config["channels"]), strides=tuple(config["strides"]))

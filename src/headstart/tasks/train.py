@@ -34,15 +34,15 @@ import torch.nn.functional as F
 
 from headstart.backbones import Backbone, load_backbone
 from headstart.errors import DataError, HeadstartError
-from headstart.features.store import atomic_write_bytes, atomic_write_json
-from headstart.finetune.augment import sample_seed
+from headstart.io import atomic_write_bytes, atomic_write_json
+from headstart.data.augment import sample_seed
 from headstart.finetune.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, settings_diff
 from headstart.finetune.data import train_batches
 from headstart.finetune.guard import FrozenGuard
 from headstart.finetune.loop import TrainingDivergedError, _make_accelerator, _warmup_cosine
 from headstart.finetune.policy import FinetunePolicy, PolicyError, strategy_policy
 from headstart.tasks.bundles import TaskBundle
-from headstart.tasks.scenes import SceneSet, load_scenes
+from headstart.data.scenes import SceneSet, load_scenes
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -163,7 +163,7 @@ def train_detector(
     Returns:
         A :class:`TaskResult`; ``result.test`` holds COCO mAP, mAP@0.5 and AP per class.
     """
-    from headstart.tasks.detection import build_detector
+    from headstart.models.detection import build_detector
 
     def build(loaded: Backbone, scenes: SceneSet, size: int):
         return build_detector(loaded, len(scenes.classes), arch=arch, image_size=size, fpn_channels=fpn_channels)
@@ -214,7 +214,7 @@ def train_segmenter(
     Returns:
         A :class:`TaskResult`; ``result.test`` holds mIoU, IoU per class and pixel accuracy.
     """
-    from headstart.tasks.segmentation import build_segmenter
+    from headstart.models.segmentation import build_segmenter
 
     def build(loaded: Backbone, scenes: SceneSet, size: int):
         return build_segmenter(loaded, len(scenes.mask_classes), head=head, image_size=size, channels=channels)
@@ -481,7 +481,7 @@ def _draw_predictions(out: Path, bundle: TaskBundle, scenes: SceneSet, rows: np.
     segmentation.
     """
     from headstart.evaluate.report import PREDICTION_IMAGE_DIR
-    from headstart.tasks.metrics import confusion_matrix, segmentation_metrics
+    from headstart.evaluate.tasks import confusion_matrix, segmentation_metrics
 
     folder = out / PREDICTION_IMAGE_DIR
     if folder.is_dir():  # pictures of an earlier run in this folder would mix with these
@@ -534,16 +534,16 @@ def _loss(task: str, model, batch, ignore_index: int) -> torch.Tensor:
 @torch.no_grad()
 def _evaluate(task: str, model, scenes: SceneSet, rows: np.ndarray, loader: _Loader) -> dict[str, Any]:
     """Detection: COCO metrics (crowd boxes as ignore regions); segmentation: IoU metrics at each image's own size."""
-    from headstart.tasks.metrics import confusion_matrix, detection_metrics, segmentation_metrics
+    from headstart.evaluate.tasks import confusion_matrix, detection_metrics, segmentation_metrics
 
     images = [loader.image(r) for r in rows]
     if task == "detection":
-        from headstart.tasks.detection import detect
+        from headstart.models.detection import detect
 
         predictions = detect(model, images, score_threshold=0.0, device=loader.device)
         targets = [{"boxes": scenes.scenes[r].boxes, "labels": scenes.scenes[r].labels, "iscrowd": scenes.scenes[r].iscrowd} for r in rows]
         return detection_metrics(predictions, targets, scenes.classes)
-    from headstart.tasks.segmentation import segment
+    from headstart.models.segmentation import segment
 
     n = len(scenes.mask_classes)
     confusion = np.zeros((n, n), dtype=np.int64)
@@ -570,8 +570,8 @@ class _Loader:
         return self._images[row]
 
     def batch(self, rows: np.ndarray, epoch: int):
-        from headstart.tasks.detection import image_tensor, to_targets
-        from headstart.tasks.segmentation import resize_pair
+        from headstart.models.detection import image_tensor, to_targets
+        from headstart.models.segmentation import resize_pair
 
         images, targets = [], []
         for row in rows:

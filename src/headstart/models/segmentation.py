@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from headstart.backbones import Backbone
-from headstart.tasks.model import TaskModel
-from headstart.tasks.trunk import DEFAULT_STRIDES, Trunk
+from headstart.models.task import TaskModel
+from headstart.models.trunk import DEFAULT_STRIDES, Trunk
 
 SEGMENTATION_HEADS = ("fpn", "deeplabv3", "fcn")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.errors import DataError
-from headstart.tasks.scenes import IGNORE_INDEX, Problem, SceneSet, make_scene, write_json
+from headstart.data.scenes.scene import IGNORE_INDEX, Problem, SceneSet, make_scene, write_json
 
 BOX_TOLERANCE = 1.0  # pixels a box may overshoot the image border (rounding); clipped, not reported
 
@@ -138,7 +138,7 @@ def _mask_for(image: dict, mask_dir: Path | None, n_classes: int) -> tuple[np.nd
         mask_path = mask_dir / (image["path"].stem + ".png")
         if not mask_path.is_file():
             return None, None
-        from headstart.tasks.masks import read_index_mask
+        from headstart.data.scenes.masks import read_index_mask
 
         return read_index_mask(mask_path, image["size"], n_classes + 1)
     segments = [s for s in image["segments"] if s[0]]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from headstart.backbones import Backbone
-from headstart.tasks.trunk import shared_names
+from headstart.models.trunk import shared_names
 
 HEAD = "head"
 

@@ -22,7 +22,7 @@ import functools
 
 import numpy as np
 
-from headstart.tasks.scenes import IGNORE_INDEX, SceneSet, make_scene
+from headstart.data.scenes.scene import IGNORE_INDEX, SceneSet, make_scene
 
 BACKGROUNDS = ("brick", "grass", "gravel", "camera", "moon", "coffee", "chelsea", "astronaut", "rocket", "coins", "immunohistochemistry", "hubble_deep_field")
 _SPLIT_CODE = {"train": 1, "test": 2}

@@ -1,6 +1,6 @@
 """Object detection: torchvision's detectors on a headstart backbone's feature pyramid.
 
-Nothing here is a new architecture: the trunk's maps (:mod:`headstart.tasks.trunk`) go into
+Nothing here is a new architecture: the trunk's maps (:mod:`headstart.models.trunk`) go into
 torchvision's ``FeaturePyramidNetwork`` (the neck of ``BackboneWithFPN``), and the pyramid into
 torchvision's ``FasterRCNN`` (the default), ``RetinaNet`` or ``FCOS``. Only sizes are chosen here:
 
@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from headstart.backbones import Backbone
-from headstart.tasks.model import TaskModel
-from headstart.tasks.trunk import DEFAULT_STRIDES, Trunk
+from headstart.models.task import TaskModel
+from headstart.models.trunk import DEFAULT_STRIDES, Trunk
 
 DETECTORS = ("fasterrcnn", "retinanet", "fcos")
 

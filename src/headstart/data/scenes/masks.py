@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.errors import DataError
-from headstart.tasks.scenes import IGNORE_INDEX, Problem, SceneSet, make_scene
+from headstart.data.scenes.scene import IGNORE_INDEX, Problem, SceneSet, make_scene
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 

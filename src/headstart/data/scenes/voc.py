@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from headstart.errors import DataError
-from headstart.tasks.scenes import IGNORE_INDEX, Problem, SceneSet, make_scene
+from headstart.data.scenes.scene import IGNORE_INDEX, Problem, SceneSet, make_scene
 
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
@@ -105,7 +105,7 @@ def _scene(root: Path, xml_path: Path, tree: ET.Element, index: dict[str, int], 
     mask = None
     mask_path = root / "SegmentationClass" / f"{xml_path.stem}.png"
     if mask_path.is_file():
-        from headstart.tasks.masks import read_index_mask
+        from headstart.data.scenes.masks import read_index_mask
 
         mask, problem = read_index_mask(mask_path, size, len(index) + 1)
         if problem is not None:
