@@ -436,3 +436,71 @@ def test_ls_du_rm(tiny_arrays, tiny, store):
     assert store.ls() == [] and store.du() == 0
     again = _extract(tiny, data, store)
     assert not again.hit and np.array_equal(again.X, first.X)
+
+
+# ----- robustness: odd records, transient errors, read-only stores, permissions -------------------
+
+
+def test_commit_record_without_its_fields_is_recomputed_not_a_keyerror(tiny_arrays, tiny, store, monkeypatch):
+    clean = _three_shards(tiny, tiny_arrays, store)
+    meta_path = clean.path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["n_shards"]
+    meta_path.write_text(json.dumps(meta))
+    assert store.meta(clean.key) is None, "a record without n_shards is not a commit"
+    assert store.load(clean.key) is None
+    counter = _Counter(monkeypatch)
+    again = _three_shards(tiny, tiny_arrays, store)
+    assert not again.hit and counter.indices == [], "the intact shards are reused; only the record is rewritten"
+    assert np.array_equal(again.X, clean.X)
+    assert json.loads(meta_path.read_text())["n_shards"] == 3
+
+
+def test_a_transient_read_error_keeps_the_entry(tiny_arrays, tiny, store, monkeypatch):
+    clean = _three_shards(tiny, tiny_arrays, store)
+    real_read = store._files.read
+
+    def flaky(path):
+        if str(path).endswith("shard-00001.safetensors"):
+            raise OSError(5, "Input/output error")
+        return real_read(path)
+
+    monkeypatch.setattr(store._files, "read", flaky)
+    with pytest.raises(CacheError, match="Cannot read shard 1 .*rerun"):
+        store.load(clean.key)
+    assert (clean.path / "meta.json").exists(), "a read that failed for another reason than damage un-commits nothing"
+    monkeypatch.setattr(store._files, "read", real_read)
+    assert store.load(clean.key) is not None
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes to read-only folders")
+def test_a_damaged_entry_on_a_read_only_store_is_not_served_and_does_not_crash(tiny_arrays, tiny, store):
+    clean = _three_shards(tiny, tiny_arrays, store)
+    _tear(clean.path / "shard-00001.safetensors", "flip")
+    os.chmod(clean.path, 0o555)
+    try:
+        assert store.load(clean.key) is None
+    finally:
+        os.chmod(clean.path, 0o755)
+
+
+def test_a_damaged_entry_whose_record_cannot_be_removed_is_not_served(tiny_arrays, tiny, store, monkeypatch):
+    clean = _three_shards(tiny, tiny_arrays, store)
+    _tear(clean.path / "shard-00001.safetensors", "flip")
+
+    def refuse(path):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(store._files, "unlink", refuse)
+    assert store.load(clean.key) is None
+    assert (clean.path / "meta.json").exists()
+
+
+def test_store_files_honour_the_umask(tiny_arrays, tiny, store):
+    previous = os.umask(0o027)
+    try:
+        clean = _three_shards(tiny, tiny_arrays, store)
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in clean.path.iterdir() if p.is_file()}
+    assert modes and set(modes.values()) == {0o640}, modes

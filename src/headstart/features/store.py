@@ -240,7 +240,16 @@ class FeatureStore:
         try:
             record = json.loads(self._files.read(self._path(key, f"{self.shard_name(index)}.json")))
             payload = self._files.read(self._path(key, f"{self.shard_name(index)}.safetensors"))
-        except (OSError, json.JSONDecodeError):
+        except (FileNotFoundError, IsADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+            return None  # not written yet, or a record that was torn
+        except OSError as exc:
+            # Permissions, a flaky network mount or a remote store's hiccup: the shard may be fine,
+            # so say so and keep the entry rather than treating it as damaged.
+            raise CacheError(
+                f"Cannot read shard {index} of store entry {key[:12]} in {self.root} "
+                f"({getattr(exc, 'strerror', None) or exc}). Check the store's permissions or connection and rerun."
+            ) from None
+        if not isinstance(record, dict):
             return None
         if hashlib.sha256(payload).hexdigest() != record.get("sha256") or record.get("index") != index:
             return None  # torn, corrupt, or another shard's file in this one's place
@@ -269,10 +278,14 @@ class FeatureStore:
         self._files.write_atomic(self._path(key, "meta.json"), _json_bytes({**meta, "key": key, "created": time.time()}))
 
     def meta(self, key: str) -> dict[str, Any] | None:
+        """The entry's commit record, or None when absent, unreadable or missing a field it must have."""
         try:
-            return json.loads(self._files.read(self._path(key, "meta.json")))
-        except (OSError, json.JSONDecodeError):
+            meta = json.loads(self._files.read(self._path(key, "meta.json")))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             return None
+        if not isinstance(meta, dict) or not _valid_meta(meta):
+            return None  # written by something else, or by hand: never served, recomputed on the next run
+        return meta
 
     def load(self, key: str) -> tuple[dict[str, Any], np.ndarray, np.ndarray, list[tuple[int, str]]] | None:
         """A committed entry: (meta, features, valid mask, decode errors), or None when absent or damaged.
@@ -287,7 +300,7 @@ class FeatureStore:
         for index in range(meta["n_shards"]):
             shard = self.read_shard(key, index)
             if shard is None:
-                self._files.unlink(self._path(key, "meta.json"))
+                self._uncommit(key)
                 return None
             record, features, valid = shard
             parts_x.append(features)
@@ -297,6 +310,13 @@ class FeatureStore:
         features = np.concatenate(parts_x) if parts_x else np.zeros((0, dim), np.float32)
         valid = np.concatenate(parts_valid) if parts_valid else np.zeros(0, bool)
         return meta, features, valid, errors
+
+    def _uncommit(self, key: str) -> None:
+        """Remove a damaged entry's commit record; on a read-only store, leave it (it is still not served)."""
+        try:
+            self._files.unlink(self._path(key, "meta.json"))
+        except OSError:
+            pass
 
     def ls(self) -> list[Entry]:
         """Committed entries, newest first."""
@@ -321,6 +341,15 @@ class FeatureStore:
                 self._files.rmtree(self.entry_dir(name))
                 removed.append(name)
         return removed
+
+
+def _valid_meta(meta: dict[str, Any]) -> bool:
+    """Whether a commit record has the fields :meth:`FeatureStore.load` reads, with usable types."""
+    shards, shape = meta.get("n_shards"), meta.get("shape")
+    return (
+        isinstance(shards, int) and shards >= 0
+        and isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and n >= 0 for n in shape)
+    )
 
 
 def _json_bytes(data: Any) -> bytes:
