@@ -351,7 +351,43 @@ def test_text_table_with_named_columns_skips_bad_rows(tmp_path):
     assert data.classes == ["neg", "pos"] and data.labels.tolist() == [1, 0, 1, 0]
     assert data.split.tolist() == ["train", "train", "test", "test"]
     reasons = sorted(reason for _, reason in data.skipped)
-    assert reasons == ["empty text", "no label in column 'stars'", "not valid UTF-8; re-save the file as UTF-8"]
+    assert reasons == [
+        "empty text", "no label in column 'stars'",
+        "not valid UTF-8 (the file may be cp1252: rerun with --encoding cp1252, or re-save it as UTF-8)",
+    ]
+    assert [where for where, reason in data.skipped if "UTF-8" in reason] == [f"{path}:4"]
+
+
+def _latin1_reviews(path):
+    rows = [("très bon", "pos"), ("mauvais", "neg"), ("génial", "pos"), ("déçu", "neg"), ("parfait", "pos"), ("nul", "neg")]
+    path.write_bytes(("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows)).encode("latin-1"))
+    return rows
+
+
+def test_a_latin1_table_is_refused_with_the_encoding_to_give(tmp_path):
+    path = tmp_path / "reviews.csv"
+    rows = _latin1_reviews(path)
+    with pytest.raises(DataError, match=r"3 of 6 rows are not valid UTF-8 \(first: .*reviews.csv:2\).*--encoding cp1252"):
+        load_data(path)
+    data = load_data(path, encoding="cp1252")
+    assert data.items == [t for t, _ in rows] and data.skipped == [], "nothing is dropped once the encoding is given"
+
+
+def test_a_wrong_explicit_encoding_names_the_line(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_bytes("text,label\nok,pos\nbad,neg\n".encode() + "\u00e9t\u00e9,pos\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"reviews.csv:4: byte 0xe9 is not valid utf-8.*--encoding"):
+        load_data(path, encoding="utf-8")
+    with pytest.raises(DataError, match="not a text encoding"):
+        load_data(path, encoding="klingon")
+
+
+def test_an_error_after_skipping_rows_lists_what_was_skipped(tmp_path):
+    # Every 'neg' row is skipped (no text), so one class is left: the error says why.
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\n" + "".join(f"good {i},pos\n,neg\n" for i in range(4)))
+    with pytest.raises(DataError, match=r"found 1 class.* 4 item\(s\) were skipped while reading, first .*t.csv:3: empty text"):
+        load_data(path)
 
 
 def test_text_table_missing_label_column_lists_the_columns(tmp_path):

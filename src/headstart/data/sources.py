@@ -26,6 +26,7 @@ def load_data(
     path_column: str = "path",
     label_column: str = "label",
     text_column: str | None = None,
+    encoding: str | None = None,
 ) -> Dataset:
     """Load a labelled dataset and assign train/val/test splits.
 
@@ -43,6 +44,7 @@ def load_data(
         label_column: Manifest column holding the label.
         text_column: Table column holding the text. A table is read as text when this is given,
             or when it has a ``text`` column and no ``path_column``.
+        encoding: A text table's encoding when it is not UTF-8 (``cp1252``, ``latin-1``, ...).
 
     Returns:
         A :class:`Dataset` whose ``split`` marks each item train, val or test.
@@ -68,7 +70,7 @@ def load_data(
                 dataset = text_sources.from_text_folder(path) if text_sources.is_text_folder(path) else from_folder(path)
             elif path.suffix.lower() in (".csv", ".tsv", ".jsonl"):
                 if text_column is not None or text_sources.looks_like_text_table(path, path_column):
-                    dataset = text_sources.from_text_table(path, text_column=text_column or "text", label_column=label_column)
+                    dataset = text_sources.from_text_table(path, text_column=text_column or "text", label_column=label_column, encoding=encoding)
                 else:
                     dataset = from_manifest(path, path_column=path_column, label_column=label_column)
             elif path.suffix.lower() == ".npz":
@@ -79,7 +81,14 @@ def load_data(
                     dataset = from_arrays(archive[keys["x"]], archive[keys["y"]], source=str(path))
             else:
                 raise DataError(f"Cannot read {path}: expected a folder, .csv, .tsv, .jsonl or .npz file.")
-    return assign_splits(dataset, per_class=per_class, seed=seed, test_fraction=test_fraction)
+    try:
+        return assign_splits(dataset, per_class=per_class, seed=seed, test_fraction=test_fraction)
+    except DataError as exc:
+        if not dataset.skipped:
+            raise
+        # What was skipped may be why the rest cannot train (a class whose rows were all skipped): say so.
+        where, reason = dataset.skipped[0]
+        raise DataError(f"{exc} {len(dataset.skipped)} item(s) were skipped while reading, first {where}: {reason}.") from None
 
 
 def assign_splits(dataset: Dataset, *, per_class: int | None, seed: int, test_fraction: float) -> Dataset:

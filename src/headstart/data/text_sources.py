@@ -36,9 +36,66 @@ def _decode(data: bytes, where: str) -> tuple[str | None, str]:
         return None, f"{where}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); re-save the file as UTF-8"
 
 
-def _table_rows(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str], list[tuple[str, str]]]:
-    """``(where, row)`` pairs, the column names, and the rows skipped while decoding."""
+# Past this share of rows that are not UTF-8, the file is in another encoding: refuse it with the fix
+# instead of skipping most of it (a few stray bytes in a UTF-8 file are skipped and listed).
+NOT_UTF8_REFUSE_SHARE = 0.1
+
+
+def _guess_encoding(raw: bytes) -> str:
+    """The single-byte encoding to suggest for bytes that are not UTF-8: cp1252 where it decodes, else latin-1."""
+    try:
+        raw.decode("cp1252")
+        return "cp1252"
+    except UnicodeDecodeError:
+        return "latin-1"
+
+
+def _line_of(raw: bytes, offset: int) -> int:
+    return raw.count(b"\n", 0, offset) + 1
+
+
+def _not_utf8_reason(raw: bytes) -> str:
+    guess = _guess_encoding(raw)
+    return f"not valid UTF-8 (the file may be {guess}: rerun with --encoding {guess}, or re-save it as UTF-8)"
+
+
+def _decode_table(raw: bytes, path: Path, encoding: str | None) -> str:
+    """The table's text: strict in a given ``encoding`` (an error names the line), else UTF-8 with escapes."""
+    if encoding is None:
+        return raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise DataError(f"--encoding {encoding!r} is not a text encoding Python knows; use utf-8, cp1252, latin-1, utf-16, ...") from None
+    try:
+        return raw.decode(encoding).removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}:{_line_of(raw, exc.start)}: byte 0x{raw[exc.start]:02x} is not valid {encoding}. "
+            f"Give the file's real encoding with --encoding (for example --encoding {_guess_encoding(raw)}), or re-save it as UTF-8."
+        ) from None
+
+
+def _refuse_if_mostly_not_utf8(path: Path, raw: bytes, n_rows: int, bad: list[tuple[str, str]]) -> None:
+    if bad and len(bad) > 1 and len(bad) >= NOT_UTF8_REFUSE_SHARE * n_rows:
+        guess = _guess_encoding(raw)
+        raise DataError(
+            f"{path}: {len(bad)} of {n_rows} rows are not valid UTF-8 (first: {bad[0][0]}). The file looks like {guess}: "
+            f"rerun with --encoding {guess} (Python: load_data(..., encoding={guess!r})), or re-save it as UTF-8."
+        )
+
+
+def _table_rows(path: Path, encoding: str | None = None) -> tuple[list[tuple[str, dict[str, Any]]], list[str], list[tuple[str, str]]]:
+    """``(where, row)`` pairs, the column names, and the rows skipped while decoding.
+
+    With ``encoding`` None the file is read as UTF-8: a row with bytes that are not UTF-8 is skipped
+    and listed with the fix, and a file where many rows are not UTF-8 is refused with the fix.
+    """
     raw = path.read_bytes()
+    if encoding is not None and path.suffix.lower() == ".jsonl":
+        raw = _decode_table(raw, path, encoding).encode("utf-8")
     skipped: list[tuple[str, str]] = []
     rows: list[tuple[str, dict[str, Any]]] = []
     if path.suffix.lower() == ".jsonl":
@@ -47,7 +104,7 @@ def _table_rows(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]
             where = f"{path}:{number}"
             text, reason = _decode(line, where)
             if text is None:
-                skipped.append((where, reason))
+                skipped.append((where, _not_utf8_reason(raw)))
                 continue
             if not text.strip():
                 continue
@@ -59,9 +116,10 @@ def _table_rows(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]
                 raise DataError(f"{where}: each JSONL line must be an object like {{\"text\": ..., \"label\": ...}}, got {type(row).__name__}.")
             columns.update(dict.fromkeys(row))
             rows.append((where, row))
+        _refuse_if_mostly_not_utf8(path, raw, len(rows) + len(skipped), skipped)
         return rows, list(columns), skipped
     # CSV/TSV: decode with surrogate escapes so the parser sees every row, then drop the rows that held bad bytes.
-    text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    text = _decode_table(raw, path, encoding)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     columns = list(reader.fieldnames or [])
@@ -69,9 +127,10 @@ def _table_rows(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]
         where = f"{path}:{reader.line_num}"
         bad = next((v for v in row.values() if isinstance(v, str) and _has_surrogates(v)), None)
         if bad is not None:
-            skipped.append((where, "not valid UTF-8; re-save the file as UTF-8"))
+            skipped.append((where, _not_utf8_reason(raw)))
             continue
         rows.append((where, row))
+    _refuse_if_mostly_not_utf8(path, raw, len(rows) + len(skipped), skipped)
     return rows, columns, skipped
 
 
@@ -85,6 +144,7 @@ def from_text_table(
     label_column: str = "label",
     split_column: str = "split",
     label_separator: str | None = None,
+    encoding: str | None = None,
 ) -> Dataset:
     """A text dataset from a CSV, TSV or JSONL file.
 
@@ -95,12 +155,15 @@ def from_text_table(
             ``label_separator``, for multi-label data).
         split_column: An optional column of ``train``/``val``/``test``; rows without one are ``train``.
         label_separator: Split label cells on this string to make multi-label data (e.g. ``|``).
+        encoding: The file's text encoding (``cp1252``, ``latin-1``, ``utf-16``, ...). None reads
+            UTF-8: rows holding other bytes are skipped and listed, and a file where at least a
+            tenth of the rows are not UTF-8 is refused with the encoding to give instead.
 
     Raises:
         DataError: The file is empty, a column is missing, or a split name is unknown.
     """
     path = Path(path)
-    rows, columns, skipped = _table_rows(path)
+    rows, columns, skipped = _table_rows(path, encoding)
     if not rows and not skipped:
         raise DataError(f"{path} has no rows. Give a file with a header and one example per row.")
     for column, option in ((text_column, "--text-column"), (label_column, "--label-column")):
