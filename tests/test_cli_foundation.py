@@ -247,3 +247,58 @@ def test_bad_pool_or_image_size_is_a_one_line_error(bad_inputs, extra, monkeypat
         main()
     captured = capsys.readouterr()
     _check_one_line_error("bad option", info.value.code, captured.out, captured.err, extra[0])
+
+
+# ----- the CLI contract: an internal error is one line with the --debug hint ---------------------
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("something inside broke\nover two lines")
+
+
+def test_an_internal_error_is_one_line_with_the_debug_hint(npz, monkeypatch, capsys):
+    from headstart import cli
+
+    monkeypatch.setattr("headstart.features.extract", _boom)
+    monkeypatch.setattr(sys, "argv", ["headstart", *_extract_args(npz)])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert info.value.code == 1
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("internal error: RuntimeError: something inside broke over two lines")
+    assert "--debug" in lines[0] and "Traceback" not in captured.err
+
+
+def test_debug_shows_the_traceback_from_anywhere_on_the_line(npz, monkeypatch, capsys):
+    from headstart import cli
+
+    monkeypatch.setattr("headstart.features.extract", _boom)
+    monkeypatch.setattr(sys, "argv", ["headstart", "--debug", *_extract_args(npz)])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert info.value.code == 1
+    assert "Traceback" in err and "_boom" in err and "something inside broke" in err
+
+
+@pytest.mark.parametrize("name", ["[red]x", "[/x]", "[bold]"])
+def test_markup_in_an_error_message_prints_as_it_is(name, monkeypatch, capsys):
+    from headstart import cli
+
+    monkeypatch.setattr(sys, "argv", ["headstart", "extract", f"/no/such/{name}", "--backbone", TINY_BACKBONE])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert f"/no/such/{name}" in err, err
+    assert "Traceback" not in err and "MarkupError" not in err
+
+
+def test_table_cells_print_markup_as_text(capsys):
+    from headstart.commands.common import table
+
+    table("classes", ["name"], [["[red]cat"], ["[/dog]"]])
+    out = capsys.readouterr().out
+    assert "[red]cat" in out and "[/dog]" in out

@@ -123,10 +123,8 @@ def extract_cmd(
     if features.skipped:
         from headstart.console import err_console
 
-        for item, reason in features.skipped[:20]:
-            err_console.print(f"skipped {item}: {reason}")
-        if len(features.skipped) > 20:
-            err_console.print(f"... and {len(features.skipped) - 20} more (see --json)")
+        for item, reason in features.skipped:
+            err_console.print(f"skipped {item}: {reason}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("probe")
@@ -166,7 +164,7 @@ def probe_cmd(
     from headstart.console import console
 
     best = report.best
-    console.print(f"best: {best.backbone} + {best.head} ({best.test.accuracy:.3f}); bundle: {out / 'bundle'}")
+    console.print(f"best: {best.backbone} + {best.head} ({best.test.accuracy:.3f}); bundle: {out / 'bundle'}", markup=False, highlight=False)
 
 
 @app.command("predict")
@@ -205,7 +203,7 @@ def predict_cmd(
     for where, reason in skipped_lines:
         from headstart.console import err_console
 
-        err_console.print(f"skipped {where}: {reason}", highlight=False)
+        err_console.print(f"skipped {where}: {reason}", markup=False, highlight=False)
     paths: list[str] = []
     for item in given:
         path = Path(item)
@@ -347,15 +345,44 @@ def _usage_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+DEBUG_FLAG = "--debug"
+
+
+def _take_debug_flag(argv: list[str]) -> bool:
+    """Remove ``--debug`` from anywhere on the command line (before ``--``); True if it was there."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    found = DEBUG_FLAG in argv[1:cut]
+    if found:
+        argv[:] = [argv[0], *(a for a in argv[1:cut] if a != DEBUG_FLAG), *argv[cut:]]
+    return found
+
+
+def _error_line(prefix: str, message: str):
+    """``prefix`` in bold red, then ``message`` as plain text: a class or file name like ``[red]x`` prints as it is."""
+    from rich.text import Text
+
+    return Text.assemble((prefix, "bold red"), " ", message)
+
+
 def main() -> None:
-    """Console-script entry point: one-line errors with exit code 2, clean Ctrl-C with exit code 130."""
+    """Console-script entry point: the CLI contract.
+
+    Bad input: one line that names the problem and the fix, exit 2. Ctrl-C: the resume hint, exit
+    130. Anything unexpected: one line with the ``--debug`` hint, exit 1; ``--debug`` (anywhere on the
+    command line, or ``HEADSTART_DEBUG=1``) shows the traceback instead.
+    """
+    import os
+
     from headstart.console import err_console
 
+    debug = _take_debug_flag(sys.argv) or os.environ.get("HEADSTART_DEBUG", "0") == "1"
     usage_errors = _usage_error_types()
     try:
         result = app(standalone_mode=False)
     except HeadstartError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if debug:
+            err_console.print_exception()
+        err_console.print(_error_line("error:", str(exc)), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         err_console.print(RESUME_HINT, soft_wrap=True)
@@ -365,6 +392,16 @@ def main() -> None:
     except usage_errors as exc:
         exc.show()
         sys.exit(getattr(exc, "exit_code", 2))
+    except Exception as exc:  # noqa: BLE001 - the contract: one line, never a traceback by default
+        if debug:
+            err_console.print_exception()
+            sys.exit(1)
+        detail = " ".join(str(exc).split())[:300]
+        err_console.print(
+            _error_line("internal error:", f"{type(exc).__name__}: {detail} (a bug in headstart: rerun with {DEBUG_FLAG} for the traceback, and report it)"),
+            highlight=False, soft_wrap=True,
+        )
+        sys.exit(1)
     if isinstance(result, int) and result != 0:
         if result == 130:
             err_console.print(RESUME_HINT, soft_wrap=True)

@@ -34,14 +34,16 @@ def store_from(cache_dir: Path | None):
 def table(title: str, columns: list[str], rows: list[list]) -> None:
     """Print a rich table on stdout."""
     from rich.table import Table
+    from rich.text import Text
 
     from headstart.console import console
 
-    output = Table(title=title)
+    # Cells are Text, not markup: a class or file name such as "[red]x" or "[/x]" prints as it is.
+    output = Table(title=Text(title))
     for column in columns:
-        output.add_column(column)
+        output.add_column(Text(column))
     for row in rows:
-        output.add_row(*["" if v is None else str(v) for v in row])
+        output.add_row(*[Text("" if v is None else str(v)) for v in row])
     console.print(output)
 
 

@@ -202,10 +202,8 @@ def _report_problems_dicts(problems: list[dict]) -> None:
     from headstart.console import err_console
 
     err_console.print(f"{len(problems)} item(s) skipped:", highlight=False)
-    for problem in problems[:20]:
-        err_console.print(f"  {problem['file']}: {problem['field']}: {problem['message']}", highlight=False, soft_wrap=True)
-    if len(problems) > 20:
-        err_console.print(f"  ... and {len(problems) - 20} more (see --json)")
+    for problem in problems:
+        err_console.print(f"  {problem['file']}: {problem['field']}: {problem['message']}", markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
