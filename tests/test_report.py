@@ -20,16 +20,8 @@ from typer.testing import CliRunner
 from headstart.cli import app
 from headstart.errors import DataError
 from headstart.evaluate import evaluate
-from headstart.evaluate import plots
-from headstart.evaluate.report import (
-    EpochLog,
-    log_phases,
-    rank_rows,
-    read_run,
-    render_report,
-    write_report,
-    write_test_predictions,
-)
+from headstart.report import log_phases, plots, rank_rows, render_report, write_report
+from headstart.runs import EpochLog, read_run, write_test_predictions
 
 from conftest import TINY_BACKBONE
 
@@ -224,7 +216,7 @@ def test_report_without_matplotlib_keeps_tables(tmp_path, monkeypatch):
 
 
 def test_matplotlib_is_imported_lazily():
-    code = "import sys, headstart, headstart.evaluate.report, headstart.cli; print('matplotlib' in sys.modules)"
+    code = "import sys, headstart, headstart.report, headstart.runs, headstart.cli; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
 
@@ -256,7 +248,7 @@ def test_finetune_run_format(tmp_path):
     assert "tv:mobilenet_v2.IMAGENET1K_V1 (gradual)" in page
     assert "train head from epoch 0; + last-n:3 from epoch 1; + * from epoch 2" in page
     assert "The kept weights are those of epoch 3" in page
-    from headstart.evaluate.report import log_series
+    from headstart.report import log_series
 
     _, series = log_series(files.logs[0], "phase")
     assert set(series) == {"lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"}
@@ -359,8 +351,9 @@ def test_probe_run_writes_its_report(probe_run):
 def test_probe_manifest_and_a_report_that_fails_only_warns(probe_run, tmp_path, monkeypatch, capsys):
     import sys
 
-    from headstart.evaluate import report as report_module
-    from headstart.runs import write_manifest, write_report_or_warn
+    from headstart.report import page as report_module
+    from headstart.report import write_report_or_warn
+    from headstart.runs import write_manifest
 
     out, report = probe_run
     manifest = json.loads((out / "manifest.json").read_text())
