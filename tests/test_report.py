@@ -377,6 +377,39 @@ def test_probe_manifest_and_a_report_that_fails_only_warns(probe_run, tmp_path, 
     assert (run_dir / "manifest.json").is_file() and not (run_dir / "report.html").exists()
 
 
+def test_manifest_carries_the_schema_version(tmp_path):
+    from headstart.runs import SCHEMA_VERSION, write_manifest
+
+    write_manifest(tmp_path, seed=1, schema=99)  # the caller cannot overwrite the schema version
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert SCHEMA_VERSION >= 1 and manifest["schema"] == SCHEMA_VERSION
+    assert manifest["command"] == sys.argv and manifest["seed"] == 1
+    assert read_run(tmp_path).schema == SCHEMA_VERSION
+    assert "<th>schema</th>" in render_report(tmp_path)
+
+
+def test_a_legacy_run_directory_without_a_schema_still_renders(tmp_path):
+    """A run written before manifest.json had "schema" is schema version 0, and reads and renders as before."""
+    run = make_run_dir(tmp_path / "legacy")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert "schema" not in manifest
+    files = read_run(run)
+    assert files.schema == 0 and files.kind == "probe"
+    page = render_report(run)
+    assert section_ids(page)[0] == "overview" and "manifest" in section_ids(page)
+    assert "<th>schema</th>" not in page
+    (run / "manifest.json").unlink()  # no manifest at all: still schema 0
+    assert read_run(run).schema == 0
+
+
+def test_runs_sits_below_the_report():
+    """headstart.runs imports none of the layers above it (report, bundles, probe, finetune, tasks, select)."""
+    code = ("import sys, headstart.runs; "
+            "print(sorted(m for m in sys.modules if m.startswith('headstart.') and not m.startswith('headstart.runs')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "['headstart.errors']", result.stderr
+
+
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
