@@ -20,16 +20,8 @@ from typer.testing import CliRunner
 from headstart.cli import app
 from headstart.errors import DataError
 from headstart.evaluate import evaluate
-from headstart.evaluate import plots
-from headstart.evaluate.report import (
-    EpochLog,
-    log_phases,
-    rank_rows,
-    read_run,
-    render_report,
-    write_report,
-    write_test_predictions,
-)
+from headstart.report import log_phases, plots, rank_rows, render_report, write_report
+from headstart.runs import EpochLog, read_run, write_test_predictions
 
 from conftest import TINY_BACKBONE
 
@@ -224,7 +216,7 @@ def test_report_without_matplotlib_keeps_tables(tmp_path, monkeypatch):
 
 
 def test_matplotlib_is_imported_lazily():
-    code = "import sys, headstart, headstart.evaluate.report, headstart.cli; print('matplotlib' in sys.modules)"
+    code = "import sys, headstart, headstart.report, headstart.runs, headstart.cli; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
 
@@ -256,7 +248,7 @@ def test_finetune_run_format(tmp_path):
     assert "tv:mobilenet_v2.IMAGENET1K_V1 (gradual)" in page
     assert "train head from epoch 0; + last-n:3 from epoch 1; + * from epoch 2" in page
     assert "The kept weights are those of epoch 3" in page
-    from headstart.evaluate.report import log_series
+    from headstart.report import log_series
 
     _, series = log_series(files.logs[0], "phase")
     assert set(series) == {"lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"}
@@ -359,8 +351,9 @@ def test_probe_run_writes_its_report(probe_run):
 def test_probe_manifest_and_a_report_that_fails_only_warns(probe_run, tmp_path, monkeypatch, capsys):
     import sys
 
-    from headstart.evaluate import report as report_module
-    from headstart.runs import write_manifest, write_report_or_warn
+    from headstart.report import page as report_module
+    from headstart.report import write_report_or_warn
+    from headstart.runs import write_manifest
 
     out, report = probe_run
     manifest = json.loads((out / "manifest.json").read_text())
@@ -382,6 +375,39 @@ def test_probe_manifest_and_a_report_that_fails_only_warns(probe_run, tmp_path, 
     assert "report.html was not written (RuntimeError: no fonts today)" in warning
     assert f"headstart report {run_dir}" in warning
     assert (run_dir / "manifest.json").is_file() and not (run_dir / "report.html").exists()
+
+
+def test_manifest_carries_the_schema_version(tmp_path):
+    from headstart.runs import SCHEMA_VERSION, write_manifest
+
+    write_manifest(tmp_path, seed=1, schema=99)  # the caller cannot overwrite the schema version
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert SCHEMA_VERSION >= 1 and manifest["schema"] == SCHEMA_VERSION
+    assert manifest["command"] == sys.argv and manifest["seed"] == 1
+    assert read_run(tmp_path).schema == SCHEMA_VERSION
+    assert "<th>schema</th>" in render_report(tmp_path)
+
+
+def test_a_legacy_run_directory_without_a_schema_still_renders(tmp_path):
+    """A run written before manifest.json had "schema" is schema version 0, and reads and renders as before."""
+    run = make_run_dir(tmp_path / "legacy")
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert "schema" not in manifest
+    files = read_run(run)
+    assert files.schema == 0 and files.kind == "probe"
+    page = render_report(run)
+    assert section_ids(page)[0] == "overview" and "manifest" in section_ids(page)
+    assert "<th>schema</th>" not in page
+    (run / "manifest.json").unlink()  # no manifest at all: still schema 0
+    assert read_run(run).schema == 0
+
+
+def test_runs_sits_below_the_report():
+    """headstart.runs imports none of the layers above it (report, bundles, probe, finetune, tasks, select)."""
+    code = ("import sys, headstart.runs; "
+            "print(sorted(m for m in sys.modules if m.startswith('headstart.') and not m.startswith('headstart.runs')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "['headstart.errors']", result.stderr
 
 
 def chromium_path() -> str | None:

@@ -127,7 +127,7 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
 
 def _write_reports(out: Path) -> list[Path]:
     """The probe run's report.html (written by probe) and one for each sub-run directory with metrics, e.g. a fine-tune."""
-    from headstart.evaluate.report import write_report
+    from headstart.report import write_report
 
     reports = [out / "report.html"]
     for sub_run in sorted(p for p in out.iterdir() if p.is_dir() and (p / "metrics.json").is_file()):

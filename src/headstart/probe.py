@@ -242,8 +242,8 @@ def _write_report_files(report: ProbeReport, out: Path) -> None:
     A report that fails to render never loses the run: the error is printed with the command that
     renders it again.
     """
-    from headstart.evaluate.report import write_test_predictions
-    from headstart.runs import write_report_or_warn
+    from headstart.report import write_report_or_warn
+    from headstart.runs import write_test_predictions
 
     predictions = report.best.test_predictions
     if predictions is not None:

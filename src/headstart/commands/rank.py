@@ -116,7 +116,8 @@ def _write_run(out: Path, table, dataset, device: str | None) -> None:
     """``rank.json``, ``rank.csv``, ``manifest.json`` and ``report.html`` in the run directory ``out``."""
     import torch
 
-    from headstart.runs import write_manifest, write_report_or_warn
+    from headstart.report import write_report_or_warn
+    from headstart.runs import write_manifest
 
     table.write(out)
     if device in (None, "auto"):

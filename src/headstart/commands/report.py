@@ -19,7 +19,8 @@ def report_cmd(
 ) -> None:
     """Render a self-contained HTML report of a run directory; several directories give a side-by-side comparison."""
     from headstart.console import console
-    from headstart.evaluate.report import read_run, write_comparison, write_report
+    from headstart.report import write_comparison, write_report
+    from headstart.runs import read_run
 
     if len(run_dirs) == 1:
         path = write_report(run_dirs[0], out)

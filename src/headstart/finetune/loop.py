@@ -468,7 +468,8 @@ def finetune(
 
 def _write_run_files(out: Path, result: FinetuneResult, settings: dict[str, Any], data: Dataset, probe_store_key: str | None, resumed: bool) -> None:
     """``manifest.json`` and ``report.html`` of a finished run (main process only)."""
-    from headstart.runs import write_manifest, write_report_or_warn
+    from headstart.report import write_report_or_warn
+    from headstart.runs import write_manifest
 
     write_manifest(
         out,

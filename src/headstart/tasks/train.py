@@ -444,7 +444,8 @@ def _write_run_files(out: Path, result: TaskResult, settings: dict[str, Any], sc
 
     Neither a picture nor the report that fails loses the run: each is a warning.
     """
-    from headstart.runs import write_manifest, write_report_or_warn
+    from headstart.report import write_report_or_warn
+    from headstart.runs import write_manifest
 
     try:
         _draw_predictions(out, result.bundle, scenes, rows[:PICTURES], split, loader, device)
@@ -480,7 +481,7 @@ def _draw_predictions(out: Path, bundle: TaskBundle, scenes: SceneSet, rows: np.
     names what was predicted beside the ground truth: box counts for detection, the image's mIoU for
     segmentation.
     """
-    from headstart.evaluate.report import PREDICTION_IMAGE_DIR
+    from headstart.runs import PREDICTION_IMAGE_DIR
     from headstart.evaluate.tasks import confusion_matrix, segmentation_metrics
 
     folder = out / PREDICTION_IMAGE_DIR

@@ -292,3 +292,19 @@ def curves_png(x: Sequence[float], series: dict[str, Sequence[float | None]], x_
 
 def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def overlay_png(curves: Sequence[tuple[str, Sequence[float], str, Sequence[float | None]]], x_name: str = "epoch") -> bytes | None:
+    """One line per run: ``(run name, x, column, values)``, for the comparison page."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, ax = plt.subplots(figsize=(7.2, 3.6))
+    for k, (name, x, column, values) in enumerate(curves):
+        points = [(a, b) for a, b in zip(x, values) if b is not None]
+        ax.plot([a for a, _ in points], [b for _, b in points], "-o", markersize=3, color=PALETTE[k % len(PALETTE)],
+                label=f"{name}: {column}")
+    ax.set_xlabel(x_name)
+    ax.set_title("validation curve of each run")
+    ax.legend(fontsize=7, frameon=False)
+    return _png(fig)
