@@ -58,10 +58,25 @@ def _read_sidecar(path: Path, required: bool) -> dict:
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise WeightsUnavailableError(f"file:{path} is not a readable safetensors file ({exc}). Re-save it with safetensors.torch.save_file.") from None
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise WeightsUnavailableError(
+            f"file:{path} was refused: it holds pickled objects beyond plain tensors, which torch.load(weights_only=True) "
+            f"does not run ({first[:160]}). Save a state dict (torch.save(model.state_dict(), path)) or a .safetensors file."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise WeightsUnavailableError(f"file:{path} is not a readable torch checkpoint ({type(exc).__name__}: {exc}). Save a state dict or a .safetensors file.") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

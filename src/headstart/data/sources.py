@@ -74,11 +74,7 @@ def load_data(
                 else:
                     dataset = from_manifest(path, path_column=path_column, label_column=label_column)
             elif path.suffix.lower() == ".npz":
-                with np.load(path, allow_pickle=False) as archive:
-                    keys = {k.lower(): k for k in archive.files}
-                    if "x" not in keys or "y" not in keys:
-                        raise DataError(f"{path} must hold arrays named x and y; found {archive.files}.")
-                    dataset = from_arrays(archive[keys["x"]], archive[keys["y"]], source=str(path))
+                dataset = _from_npz(path)
             else:
                 raise DataError(f"Cannot read {path}: expected a folder, .csv, .tsv, .jsonl or .npz file.")
     try:
@@ -89,6 +85,27 @@ def load_data(
         # What was skipped may be why the rest cannot train (a class whose rows were all skipped): say so.
         where, reason = dataset.skipped[0]
         raise DataError(f"{exc} {len(dataset.skipped)} item(s) were skipped while reading, first {where}: {reason}.") from None
+
+
+def _from_npz(path: Path) -> Dataset:
+    """A dataset from a ``.npz`` holding arrays ``x`` and ``y``; pickled objects are refused, never loaded."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = {k.lower(): k for k in archive.files}
+            if "x" not in keys or "y" not in keys:
+                raise DataError(f"{path} must hold arrays named x and y; found {archive.files}.")
+            return from_arrays(archive[keys["x"]], archive[keys["y"]], source=str(path))
+    except ValueError as exc:
+        if "allow_pickle" not in str(exc):
+            raise
+        raise DataError(
+            f"{path} holds pickled Python objects, which headstart does not load (unpickling can run code). "
+            "Save plain numeric arrays: np.savez(path, x=images.astype(np.uint8), y=labels)."
+        ) from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"{path} is not a readable .npz file ({type(exc).__name__}: {exc}). Re-save it with np.savez(path, x=..., y=...).") from None
 
 
 def assign_splits(dataset: Dataset, *, per_class: int | None, seed: int, test_fraction: float) -> Dataset:

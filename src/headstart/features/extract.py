@@ -25,6 +25,10 @@ from headstart.data.transforms import decode_file, preprocess_array_batch, prepr
 from headstart.features.store import FeatureStore, make_key
 
 DEFAULT_SHARD_SIZE = 2048
+# The input sizes extraction accepts: below 16 px the networks' strides leave nothing; above 4096 px
+# one image is hundreds of MB of activations, so a typo (100000) is refused before any work.
+MIN_IMAGE_SIZE = 16
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass
@@ -263,7 +267,7 @@ def extract(
     store = store or FeatureStore()
     spec = backbone.spec.with_input_size(image_size)
     layer_name = backbone.check_layer(layer)
-    check_options(backbone, layer_name, pool, image_size, decode)
+    check_options(backbone, layer_name, pool, image_size, decode, batch_size)
     decode_mode = decode if decode != "auto" else ("tensor" if pick_device(device).type == "cuda" else "pil")
     if data.in_memory or spec.modality != "image":
         decode_mode = "pil"  # arrays and text have no file decode step
@@ -312,7 +316,7 @@ def extract(
     return finish(*stored, hit=False)
 
 
-def check_options(backbone: Backbone, layer: str, pool: str, image_size: int | None, decode: str) -> None:
+def check_options(backbone: Backbone, layer: str, pool: str, image_size: int | None, decode: str, batch_size: int | None = None) -> None:
     """Refuse option values that would fail deep inside the forward pass, with the fix."""
     from headstart.backbones.module import POOLS
     from headstart.errors import OptionError
@@ -327,8 +331,13 @@ def check_options(backbone: Backbone, layer: str, pool: str, image_size: int | N
     if image_size is not None and backbone.spec.modality == "text":
         if image_size != backbone.spec.input_size:
             raise OptionError(f"--image-size applies to image backbones; {backbone.spec.name} is a text encoder (its max length is spec.extra['max_length']).")
-    elif image_size is not None and image_size < 16:
-        raise OptionError(f"--image-size must be at least 16 pixels, got {image_size}.")
+    elif image_size is not None and not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise OptionError(
+            f"--image-size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {image_size} "
+            f"(one {image_size} px image is {3 * 4 * image_size**2 / 2**30:.2g} GiB as floats); backbones are pretrained at 224-512."
+        )
+    if batch_size is not None and batch_size < 1:
+        raise OptionError(f"--batch-size must be at least 1, got {batch_size}; leave it out to pick one automatically.")
     if decode not in ("auto", "pil", "tensor"):
         raise OptionError(f"--decode {decode!r} is not one of auto, pil, tensor.")
 
