@@ -94,7 +94,7 @@ def run(args) -> str:
     from headstart.features import FeatureStore
     from headstart.finetune import finetune
     from headstart.finetune.data import split_indices
-    from headstart.probe import probe
+    from headstart.workflows.probe import probe
 
     started = time.perf_counter()
     load_start = os.getloadavg()[0]

@@ -16,7 +16,7 @@ import tempfile
 import torch
 
 from headstart import FeatureStore, load_data
-from headstart.probe import probe
+from headstart.workflows.probe import probe
 
 BACKBONES = ("timm:tf_efficientnet_lite0", "tv:mobilenet_v2.IMAGENET1K_V1", "tv:mobilenet_v2@random")
 

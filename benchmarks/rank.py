@@ -14,7 +14,7 @@ The proof that ``headstart rank`` is worth running (issue 5):
 * **Metric**: ``scipy.stats.weightedtau(score, truth)`` over the candidates for which the score is
   defined (LEEP only has the four pretrained pooled candidates), averaged over the seeds.
 * **Choice of the default**: the combination with the highest worst-dataset mean tau among the
-  fixed list ``COMBINATIONS`` below; ``DEFAULT_COMBINATION`` in ``headstart.select.rank`` must
+  fixed list ``COMBINATIONS`` below; ``DEFAULT_COMBINATION`` in ``headstart.select.combine`` must
   be it (the script says so when it is not).
 
 ``--timing`` also times ranking 10 candidates on 2,000 images with the default settings, from an
@@ -47,7 +47,8 @@ from headstart.backbones import load_backbone
 from headstart.data.dataset import Dataset, subsample_per_class
 from headstart.features import FeatureStore, extract
 from headstart.heads import LinearProbe
-from headstart.select.rank import ALL_SCORES, DEFAULT_COMBINATION, Combination, _compute, _one_thread, _source_logits, combine_scores, rank_backbones
+from headstart.select.rank import ALL_SCORES, DEFAULT_COMBINATION, Combination, combine_scores, compute_rank_scores, one_thread, source_logits
+from headstart.workflows.rank import rank_backbones
 
 os.environ.setdefault("HEADSTART_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
@@ -109,7 +110,7 @@ def truth(data: Dataset, image_size: int, store: FeatureStore) -> dict[str, dict
         features = extract(load_backbone(backbone_name), data, layer=layer or None, image_size=image_size, store=store, quiet=True)
         X_train, y_train = features.get("train")
         X_test, y_test = features.get("test")
-        with _one_thread():  # small L-BFGS steps: a second thread only adds waiting on a shared CPU
+        with one_thread():  # small L-BFGS steps: a second thread only adds waiting on a shared CPU
             probe = LinearProbe(random_state=0).fit(X_train, y_train)
         accuracy = float(np.mean(probe.predict(X_test) == y_test))
         results[name] = {"accuracy": accuracy, "extract_s": None if features.hit else features.seconds}
@@ -145,7 +146,7 @@ def evaluate_dataset(source: str, image_size: int, per_class: int, seeds: list[i
         if seed in tables and set(tables[seed]) == set(POOL):
             continue
         started = time.perf_counter()
-        with _one_thread():  # scores on 200 x 1280 matrices: on a shared 2-core CPU, a second BLAS thread mostly waits
+        with one_thread():  # scores on 200 x 1280 matrices: on a shared 2-core CPU, a second BLAS thread mostly waits
             table = rank_backbones(
                 POOL, data, scores=ALL_SCORES, sample=per_class * len(data.classes), image_size=image_size, seed=seed, cost=False,
                 store=store, quiet=True,
@@ -213,12 +214,12 @@ def score_seconds(image_size: int, n_images: int = 2000) -> dict[str, float]:
     backbone = load_backbone(POOL[0])
     features = extract(backbone, data, image_size=image_size, store=FeatureStore(STORE), quiet=True)
     X, y = features.X[:n_images], features.labels[:n_images]
-    logits, reason = _source_logits(backbone, backbone.spec.default_layer, X)
+    logits, reason = source_logits(backbone, backbone.spec.default_layer, X)
     seconds = {}
-    with _one_thread():
+    with one_thread():
         for name in ALL_SCORES:
             started = time.process_time()
-            _compute((name,), X, y, logits, reason, 0)
+            compute_rank_scores((name,), X, y, logits, reason, 0)
             seconds[name] = time.process_time() - started
     return seconds
 

@@ -35,10 +35,10 @@ from headstart.select.rank import (
     Combination,
     RankError,
     RankRow,
-    _finish,
     combine_scores,
-    rank_backbones,
+    finish_ranking,
 )
+from headstart.workflows.rank import rank_backbones
 
 from conftest import report_sections
 
@@ -192,7 +192,7 @@ def _row(name: str, logme: float | None, macs: int, speed: float) -> RankRow:
 def test_finish_sorts_ranks_and_marks_fronts():
     rows = [_row("cheap-weak", 0.1, 10, 900.0), _row("dear-strong", 0.9, 1000, 10.0),
             _row("dominated", 0.5, 2000, 5.0), _row("unknown", None, 1, 1000.0)]
-    _finish(rows, Combination(("logme",)))
+    finish_ranking(rows, Combination(("logme",)))
     assert [r.candidate for r in rows] == ["dear-strong", "dominated", "cheap-weak", "unknown"]
     assert [r.rank for r in rows] == [1, 2, 3, 4]
     assert {r.candidate for r in rows if r.pareto} == {"dear-strong", "cheap-weak"}
@@ -208,7 +208,7 @@ def test_knn_shortcut_scores_what_knnprobe_scores(n, n_classes, dim, seed):
     from sklearn.model_selection import StratifiedKFold
 
     from headstart.heads import KNNProbe
-    from headstart.select.rank import _knn_cv_accuracy
+    from headstart.select.rank import knn_cv_accuracy
 
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % n_classes
@@ -220,7 +220,7 @@ def test_knn_shortcut_scores_what_knnprobe_scores(n, n_classes, dim, seed):
         correct += int(np.sum(head.predict(features[test]) == labels[test]))
     expected = correct / n
     assert 0.2 < expected < 1.0  # hard enough that the choice of k and the votes matter
-    assert _knn_cv_accuracy(features, labels, seed, folds) == expected
+    assert knn_cv_accuracy(features, labels, seed, folds) == expected
 
 
 # ----- cost -------------------------------------------------------------------------------------------
@@ -244,14 +244,14 @@ def test_measure_cost_counts_macs_params_and_memory():
 def test_cost_on_the_meta_device_equals_a_real_pass():
     """MACs, parameters and peak tensor memory from shapes alone match a real forward pass."""
     from headstart.backbones import load_backbone
-    from headstart.select.cost import _measure_by_running, _measure_on_meta
+    from headstart.select.cost import measure_by_running, measure_on_meta
 
     backbone = load_backbone(RANDOM_CNN).eval()
     for layer in ("pooled", "layer2"):
         batch = torch.randn(3, 3, 32, 32).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            real = _measure_by_running(backbone, lambda: backbone.features(batch, layer), torch.device("cpu"))
-        assert _measure_on_meta(backbone, layer, "avg", 3, 32) == real
+            real = measure_by_running(backbone, lambda: backbone.features(batch, layer), torch.device("cpu"))
+        assert measure_on_meta(backbone, layer, "avg", 3, 32) == real
         assert real[0] > 0 and real[3] > 0
 
 

@@ -321,7 +321,7 @@ def probe_run(tmp_path_factory):
     """A probe run of the tiny backbone with two heads on arrays it gets partly wrong."""
     from headstart.data import load_data
     from headstart.features import FeatureStore
-    from headstart.probe import probe
+    from headstart.workflows.probe import probe
 
     rng = np.random.default_rng(1)
     labels = np.repeat(np.arange(3), 30)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from headstart.errors import DataError, HeadstartError
-from headstart.select import scores
+from headstart.select.scores import linear_evidence
 from headstart.select.scores import (
     SCORES,
     ScoreUndefined,
@@ -110,7 +110,7 @@ def test_logme_float32_gram_path_agrees_with_float64(monkeypatch):
     features, labels = clustered(3000, 96, 5, 0.3, seed=3)
     features = np.maximum(features + 0.5, 0.0).astype(np.float32)  # ReLU-like, with an offset
     exact = logme(features.astype(np.float64), labels)
-    monkeypatch.setattr(scores, "_FLOAT32_GRAM_MIN_FLOPS", 0)  # force float32 block products
+    monkeypatch.setattr(linear_evidence, "_FLOAT32_GRAM_MIN_FLOPS", 0)  # force float32 block products
     assert logme(features, labels) == pytest.approx(exact, rel=1e-5)
 
 

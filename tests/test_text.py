@@ -461,7 +461,7 @@ def test_read_texts_for_prediction(tmp_path, monkeypatch):
 
 def test_probe_bundle_and_predict_on_text(tiny_bert, tmp_path):
     from headstart.bundle import Bundle
-    from headstart.probe import probe
+    from headstart.workflows.probe import probe
 
     report = probe(_sentiment_dataset(), [f"hf:{tiny_bert}"], ["linear", "knn"], out=tmp_path / "run", quiet=True)
     assert {run.head for run in report.runs} == {"linear", "knn"}
@@ -490,7 +490,7 @@ def test_cli_predict_text_from_args_stdin_and_file(tiny_bert, tmp_path):
     from typer.testing import CliRunner
 
     from headstart.cli import app
-    from headstart.probe import probe
+    from headstart.workflows.probe import probe
 
     probe(_sentiment_dataset(), [f"hf:{tiny_bert}"], ["linear"], out=tmp_path / "run", quiet=True)
     bundle = str(tmp_path / "run" / "bundle")
@@ -687,7 +687,7 @@ def _keyword_dataset(n_per_class: int = 20) -> Dataset:
 
 
 def test_rank_text_encoders_beside_the_tfidf_baseline(tiny_bert):
-    from headstart.select.rank import rank_backbones
+    from headstart.workflows.rank import rank_backbones
 
     # Default scores (LEEP and kNN); a baseline among the candidates adds the linear probe to them and to the combination.
     table = rank_backbones([f"hf:{tiny_bert}@random", "sk:tfidf"], _keyword_dataset(), sample=40, layers=["pooled", "hidden.1"], quiet=True)
@@ -705,7 +705,7 @@ def test_rank_text_encoders_beside_the_tfidf_baseline(tiny_bert):
 
 def test_tfidf_candidate_on_image_data_is_skipped_with_the_reason(tiny_arrays, tiny_bert):
     from headstart.data.sources import assign_splits, from_arrays
-    from headstart.select.rank import rank_backbones
+    from headstart.workflows.rank import rank_backbones
 
     images = assign_splits(from_arrays(*tiny_arrays), per_class=None, seed=0, test_fraction=0.2)
     table = rank_backbones(["timm:test_efficientnet@random", "sk:tfidf"], images, sample=30, cost=False, quiet=True)

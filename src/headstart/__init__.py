@@ -2,7 +2,9 @@
 
 The public API is small; heavy dependencies import lazily inside the functions that need them.
 Metrics live in :mod:`headstart.evaluate` (``from headstart.evaluate import evaluate``): a
-top-level ``evaluate`` function would be shadowed by that subpackage once it is imported.
+top-level ``evaluate`` function would be shadowed by that subpackage once it is imported. The
+top-level entry points therefore have names that no subpackage has: ``rank_backbones``
+(:func:`headstart.workflows.rank.rank_backbones`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ _LAZY = {
     "MLPHead": "headstart.heads",
     "Bundle": "headstart.bundle",
     "HeadstartError": "headstart.errors",
+    "rank_backbones": "headstart.workflows.rank",
 }
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "list_backbones",
     "load_backbone",
     "load_data",
+    "rank_backbones",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from headstart.errors import HeadstartError
     from headstart.features import FeatureStore, extract
     from headstart.heads import KNNProbe, LinearProbe, MLPHead
+    from headstart.workflows.rank import rank_backbones
 
 
 def __getattr__(name: str):

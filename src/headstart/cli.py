@@ -147,8 +147,7 @@ def probe_cmd(
 ) -> None:
     """Extract (or reuse) features, fit heads, evaluate on the test split, and write bundles."""
     from headstart.data import load_data
-    from headstart.demo import print_probe_table
-    from headstart.probe import probe
+    from headstart.workflows.probe import print_probe_table, probe
 
     _allow_remote_code(trust_remote_code)
     dataset = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column)
@@ -265,7 +264,7 @@ def demo_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Offline end-to-end demo on built-in Animal-MNIST: extract, probe, compare, save, predict."""
-    from headstart.demo import run_demo
+    from headstart.workflows.demo import run_demo
 
     result = run_demo(out=out or Path("runs/demo"), per_class=per_class, image_size=image_size, seed=seed, quiet=quiet or json_out)
     if json_out:

@@ -1,4 +1,5 @@
-"""``headstart rank``: rank candidate backbones on your data before training (flags map onto ``rank_backbones()``)."""
+"""``headstart rank``: rank candidate backbones on your data before training (flags map onto ``rank_backbones()``,
+:mod:`headstart.workflows.rank`, which also writes the run directory)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,10 @@ def rank_cmd(
     """Rank candidate backbones by transferability scores and cheap probes, with their cost."""
     from headstart.data import load_data
     from headstart.errors import HeadstartError
-    from headstart.select.rank import ALL_SCORES, check_scores, parse_candidates, print_rank_table, rank_backbones
+    from headstart.select.candidates import parse_candidates
+    from headstart.select.combine import ALL_SCORES, check_scores
+    from headstart.select.table import print_rank_table
+    from headstart.workflows.rank import rank_backbones
 
     # Check what is cheap to check before loading data or backbones.
     score_names = None
@@ -94,12 +98,11 @@ def rank_cmd(
         pool=pool,
         seed=seed,
         cost=cost,
-        device=device if device != "auto" else None,
+        device=device,
         store=store_from(cache_dir),
         quiet=quiet or json_out,
+        out=out,
     )
-    if out is not None:
-        _write_run(Path(out), table, dataset, device)
     if json_out:
         print_json(table.to_dict())
         return
@@ -110,36 +113,6 @@ def rank_cmd(
     console.print(f"best: {best.candidate} (combined {best.combined:.3f}: {table.combination.describe()})" if best.combined is not None else f"best: {best.candidate}")
     if out is not None:
         console.print(f"wrote {Path(out) / 'rank.json'}, rank.csv, manifest.json and report.html")
-
-
-def _write_run(out: Path, table, dataset, device: str | None) -> None:
-    """``rank.json``, ``rank.csv``, ``manifest.json`` and ``report.html`` in the run directory ``out``."""
-    import torch
-
-    from headstart.report import write_report_or_warn
-    from headstart.runs import write_manifest
-
-    table.write(out)
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    write_manifest(
-        out,
-        seed=table.seed,
-        device=device,
-        data_source=dataset.source,
-        data_fingerprint=dataset.fingerprint(),
-        sample=table.sample,
-        scores=list(table.scores),
-        combination=table.combination.describe(),
-        wall_seconds=round(table.seconds, 2),
-        candidates=[
-            {"candidate": row.candidate, "backbone": row.backbone, "layer": row.layer, "weights_sha256": row.weights_sha256,
-             "store_key": row.store_key, "store_hit": row.store_hit, "extract_s": round(row.extract_seconds, 3)}
-            for row in table.rows
-        ],
-        skipped=[{"candidate": candidate, "reason": reason} for candidate, reason in table.skipped],
-    )
-    write_report_or_warn(out)
 
 
 def register(app: typer.Typer) -> None:

@@ -123,7 +123,7 @@ class KNNProbe(HeadBase):
         """Return the distance-weighted vote share of each class, shape ``(n, n_classes)``."""
         X = self._validate_predict_X(X)
         distances, indices = self._neighbors(self._prepare(X), self.fit_X_, self.n_neighbors_)
-        votes = _vote_tallies(distances, self.fit_y_[indices], len(self.classes_), [self.n_neighbors_])
+        votes = vote_tallies(distances, self.fit_y_[indices], len(self.classes_), [self.n_neighbors_])
         proba = votes[self.n_neighbors_]
         return proba / proba.sum(axis=1, keepdims=True)
 
@@ -166,7 +166,7 @@ class KNNProbe(HeadBase):
         correct = dict.fromkeys(ks, 0)
         for train, val in folds:
             distances, indices = self._neighbors(reference[val], reference[train], ks[-1])
-            tallies = _vote_tallies(distances, codes[train][indices], len(classes), ks)
+            tallies = vote_tallies(distances, codes[train][indices], len(classes), ks)
             for k in ks:
                 correct[k] += int(np.sum(np.argmax(tallies[k], axis=1) == codes[val]))
         return [(k, correct[k] / len(codes)) for k in ks]
@@ -209,7 +209,7 @@ def nearest_first(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     return np.take_along_axis(nearest_distances, order, axis=1), np.take_along_axis(nearest, order, axis=1)
 
 
-def _vote_tallies(distances: np.ndarray, labels: np.ndarray, n_classes: int, ks: list[int]) -> dict:
+def vote_tallies(distances: np.ndarray, labels: np.ndarray, n_classes: int, ks: list[int]) -> dict:
     """Add up distance-weighted votes neighbour by neighbour; return the tallies after each k in ``ks``.
 
     Args:

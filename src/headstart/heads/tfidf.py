@@ -3,7 +3,7 @@
 It is the text counterpart of "raw pixels + logistic regression": the number a pretrained encoder
 must beat. On some tasks (spam, topic words, product codes) it does beat frozen sentence
 embeddings, and ranking shows that when it happens: ``sk:tfidf`` is a candidate of
-:func:`headstart.select.rank_backbones` beside the backbones.
+:func:`headstart.workflows.rank.rank_backbones` beside the backbones.
 
 Unlike the other heads it reads texts, not features, so it never goes through the feature store:
 its "features" are fitted on the training texts themselves (vocabulary and IDF weights).
@@ -173,7 +173,7 @@ def cv_accuracy(texts: Sequence[str], labels: np.ndarray, seed: int = 0, folds: 
 
 
 def rank_scores(names: Sequence[str], texts: Sequence[str], labels: np.ndarray, seed: int = 0) -> tuple[dict[str, float | None], dict[str, str], dict[str, float], int]:
-    """The ``sk:tfidf`` candidate's scores for :func:`headstart.select.rank_backbones`.
+    """The ``sk:tfidf`` candidate's scores for :func:`headstart.workflows.rank.rank_backbones`.
 
     Only ``linear`` is defined: the cross-validated accuracy of :class:`TfidfLogReg`
     (:func:`cv_accuracy`), the same measure as a backbone's linear probe. The transferability scores

@@ -1,8 +1,9 @@
 """Choose a backbone before training: transferability scores, cost, and the ranking that combines them.
 
-The scores (:mod:`headstart.select.scores`) need only numpy and scipy. The ranking
-(:mod:`headstart.select.rank`) and cost (:mod:`headstart.select.cost`) import torch, so they load
-on first use.
+The scores (:mod:`headstart.select.scores`) need only numpy and scipy. The ranking's parts
+(:mod:`headstart.select.rank` gathers them) and cost (:mod:`headstart.select.cost`) import torch,
+so they load on first use. The run loop that loads each candidate and extracts its features,
+``rank_backbones``, is a workflow: :mod:`headstart.workflows.rank` (also ``headstart.rank_backbones``).
 """
 
 from __future__ import annotations
@@ -26,17 +27,16 @@ from headstart.select.scores import (
 )
 
 _LAZY = {
-    "ALL_SCORES": "headstart.select.rank",
-    "Candidate": "headstart.select.rank",
-    "Combination": "headstart.select.rank",
-    "DEFAULT_COMBINATION": "headstart.select.rank",
-    "DEFAULT_SCORES": "headstart.select.rank",
-    "RankError": "headstart.select.rank",
-    "RankRow": "headstart.select.rank",
-    "RankTable": "headstart.select.rank",
-    "combine_scores": "headstart.select.rank",
-    "print_rank_table": "headstart.select.rank",
-    "rank_backbones": "headstart.select.rank",
+    "ALL_SCORES": "headstart.select.combine",
+    "Candidate": "headstart.select.candidates",
+    "Combination": "headstart.select.combine",
+    "DEFAULT_COMBINATION": "headstart.select.combine",
+    "DEFAULT_SCORES": "headstart.select.combine",
+    "RankError": "headstart.select.candidates",
+    "RankRow": "headstart.select.table",
+    "RankTable": "headstart.select.table",
+    "combine_scores": "headstart.select.combine",
+    "print_rank_table": "headstart.select.table",
     "Cost": "headstart.select.cost",
     "measure_cost": "headstart.select.cost",
     "pareto_front": "headstart.select.cost",
@@ -66,26 +66,15 @@ __all__ = [
     "nleep",
     "pareto_front",
     "print_rank_table",
-    "rank_backbones",
     "score_needs_source_logits",
     "sfda",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from headstart.select.candidates import Candidate, RankError
+    from headstart.select.combine import ALL_SCORES, DEFAULT_COMBINATION, DEFAULT_SCORES, Combination, combine_scores
     from headstart.select.cost import Cost, measure_cost, pareto_front
-    from headstart.select.rank import (
-        ALL_SCORES,
-        DEFAULT_COMBINATION,
-        DEFAULT_SCORES,
-        Candidate,
-        Combination,
-        RankError,
-        RankRow,
-        RankTable,
-        combine_scores,
-        print_rank_table,
-        rank_backbones,
-    )
+    from headstart.select.table import RankRow, RankTable, print_rank_table
 
 
 def __getattr__(name: str):

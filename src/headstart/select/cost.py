@@ -141,7 +141,7 @@ class _Features(torch.nn.Module):
         return self.backbone.features(x, self.layer, self.pool)
 
 
-def _measure_on_meta(backbone: Backbone, layer: str, pool: str, batch_size: int, size: int) -> tuple[int, int, int, int]:
+def measure_on_meta(backbone: Backbone, layer: str, pool: str, batch_size: int, size: int) -> tuple[int, int, int, int]:
     """FLOPs, parameters, weight bytes and peak activation bytes of one forward pass, on the meta device.
 
     The weights are swapped for meta tensors of the same shapes (``functional_call``), so nothing
@@ -158,8 +158,8 @@ def _measure_on_meta(backbone: Backbone, layer: str, pool: str, batch_size: int,
     return flops.get_total_flops(), *_used_weights(used), memory.peak
 
 
-def _measure_by_running(backbone: Backbone, forward, dev: torch.device) -> tuple[int, int, int, int]:
-    """The same numbers as :func:`_measure_on_meta`, from a real forward pass (for TorchScript models)."""
+def measure_by_running(backbone: Backbone, forward, dev: torch.device) -> tuple[int, int, int, int]:
+    """The same numbers as :func:`measure_on_meta`, from a real forward pass (for TorchScript models)."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
@@ -209,7 +209,8 @@ def measure_cost(
         pool: Pooling of an intermediate layer's output.
         image_size: Input side in pixels; None takes the spec's.
         batch_size: Images per forward pass.
-        device: ``cpu``, ``cuda`` or None for a GPU when there is one.
+        device: ``cpu``, ``cuda[:N]``, or ``auto``/None for a GPU when there is one (resolved by
+            :func:`headstart.device.resolve_device`).
         warm: The backbone has just run batches of ``batch_size`` images of this size on this
             device (as extraction does), so no warm-up pass is needed before timing.
         min_seconds: Stop timing once this much time was spent in timed passes.
@@ -218,11 +219,11 @@ def measure_cost(
     Returns:
         A :class:`Cost`.
     """
-    from headstart.features.extract import pick_device
+    from headstart.device import torch_device
 
     layer_name = backbone.check_layer(layer)
     size = int(image_size or backbone.spec.input_size)
-    dev = pick_device(device)
+    dev = torch_device(device)
     model = backbone.to(dev).eval().to(memory_format=torch.channels_last)
     batch = torch.randn(batch_size, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
 
@@ -233,10 +234,10 @@ def measure_cost(
 
     with torch.inference_mode():
         if isinstance(model.model, torch.jit.ScriptModule):
-            flops, params, weight_bytes, activation_peak = _measure_by_running(model, forward, dev)
+            flops, params, weight_bytes, activation_peak = measure_by_running(model, forward, dev)
             warm = True
         else:
-            flops, params, weight_bytes, activation_peak = _measure_on_meta(model, layer_name, pool, batch_size, size)
+            flops, params, weight_bytes, activation_peak = measure_on_meta(model, layer_name, pool, batch_size, size)
             if not warm:
                 forward()
         if dev.type == "cuda":

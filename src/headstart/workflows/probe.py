@@ -253,3 +253,32 @@ def _write_report_files(report: ProbeReport, out: Path) -> None:
             items=data.items if data is not None else None, modality=data.modality if data is not None else "image",
         )
     write_report_or_warn(out)
+
+
+def print_probe_table(runs, title: str, console=None) -> None:
+    """A backbone x head table of test accuracy (on stdout unless another rich ``console`` is given)."""
+    from rich.table import Table
+
+    from headstart.console import console as default_console
+
+    console = console or default_console
+
+    heads = list(dict.fromkeys(run.head for run in runs))
+    table = Table(title=title)
+    table.add_column("backbone")
+    table.add_column("px")
+    for head in heads:
+        table.add_column(head, justify="right")
+    best = max(run.test.accuracy for run in runs)
+    for backbone in dict.fromkeys(run.backbone for run in runs):
+        cells = []
+        for head in heads:
+            match = [r for r in runs if r.backbone == backbone and r.head == head]
+            if not match:
+                cells.append("")
+                continue
+            accuracy = match[0].test.accuracy
+            cells.append(f"[bold green]{accuracy:.3f}[/]" if accuracy == best else f"{accuracy:.3f}")
+        size = next(r.image_size for r in runs if r.backbone == backbone)
+        table.add_row(backbone, str(size), *cells)
+    console.print(table)

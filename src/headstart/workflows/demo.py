@@ -38,8 +38,9 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
     from headstart.console import console, err_console
     from headstart.data import load_data
     from headstart.features import FeatureStore, extract
-    from headstart.probe import probe
-    from headstart.select.rank import print_rank_table, rank_backbones
+    from headstart.select.table import print_rank_table
+    from headstart.workflows.probe import print_probe_table, probe
+    from headstart.workflows.rank import rank_backbones
 
     started = time.perf_counter()
     out = Path(out)
@@ -133,32 +134,3 @@ def _write_reports(out: Path) -> list[Path]:
     for sub_run in sorted(p for p in out.iterdir() if p.is_dir() and (p / "metrics.json").is_file()):
         reports.append(write_report(sub_run))
     return reports
-
-
-def print_probe_table(runs, title: str, console=None) -> None:
-    """A backbone x head table of test accuracy (on stdout unless another rich ``console`` is given)."""
-    from rich.table import Table
-
-    from headstart.console import console as default_console
-
-    console = console or default_console
-
-    heads = list(dict.fromkeys(run.head for run in runs))
-    table = Table(title=title)
-    table.add_column("backbone")
-    table.add_column("px")
-    for head in heads:
-        table.add_column(head, justify="right")
-    best = max(run.test.accuracy for run in runs)
-    for backbone in dict.fromkeys(run.backbone for run in runs):
-        cells = []
-        for head in heads:
-            match = [r for r in runs if r.backbone == backbone and r.head == head]
-            if not match:
-                cells.append("")
-                continue
-            accuracy = match[0].test.accuracy
-            cells.append(f"[bold green]{accuracy:.3f}[/]" if accuracy == best else f"{accuracy:.3f}")
-        size = next(r.image_size for r in runs if r.backbone == backbone)
-        table.add_row(backbone, str(size), *cells)
-    console.print(table)
