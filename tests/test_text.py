@@ -245,7 +245,7 @@ def test_missing_tokenizer_is_a_clear_error(tiny_bert, tmp_path):
 
 
 def test_remote_code_is_off_unless_asked(tiny_bert, tmp_path, monkeypatch):
-    monkeypatch.delenv("HEADSTART_TRUST_REMOTE_CODE", raising=False)
+    monkeypatch.setenv("HEADSTART_TRUST_REMOTE_CODE", "1")  # no longer read: only the argument turns remote code on
     folder = tmp_path / "custom-code"
     shutil.copytree(tiny_bert, folder)
     config = json.loads((folder / "config.json").read_text())
@@ -263,7 +263,7 @@ def test_trust_remote_code_is_refused_for_sources_without_code():
 
 
 def test_packaged_minilm_resolves_under_st_and_hf():
-    from headstart.backbones.text_adapter import packaged_folder
+    from headstart.backbones.folders import packaged_folder
 
     folder = _minilm_folder()
     assert packaged_folder(MINILM) == folder
@@ -424,7 +424,7 @@ def test_read_texts_for_prediction(tmp_path, monkeypatch):
 
 
 def test_probe_bundle_and_predict_on_text(tiny_bert, tmp_path):
-    from headstart.bundle import Bundle
+    from headstart.bundles import Bundle
     from headstart.probe import probe
 
     report = probe(_sentiment_dataset(), [f"hf:{tiny_bert}"], ["linear", "knn"], out=tmp_path / "run", quiet=True)
@@ -578,7 +578,7 @@ def test_lora_policy_trains_only_adapters_and_head(tiny_bert):
 
 
 def test_finetune_text_last_layer_then_predict(tiny_bert, tmp_path):
-    from headstart.bundle import Bundle
+    from headstart.bundles import Bundle
     from headstart.finetune import FinetunePolicy, finetune
 
     policy = FinetunePolicy(trainable=("head", "last-n:1"), head_init="probe", layer_decay=0.8)
@@ -591,7 +591,7 @@ def test_finetune_text_last_layer_then_predict(tiny_bert, tmp_path):
 
 
 def test_finetune_lora_bundle_stores_adapters_and_merges(tiny_bert, tmp_path):
-    from headstart.bundle import Bundle
+    from headstart.bundles import Bundle
     from headstart.finetune import finetune
 
     result = finetune(_sentiment_dataset(), f"hf:{tiny_bert}", strategy="lora", lora_rank=4, lora_alpha=8.0, epochs=1, batch_size=4, lr=5e-2,
