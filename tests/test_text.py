@@ -485,6 +485,49 @@ def test_cli_extract_text_table_with_text_column(tiny_bert, tmp_path):
     assert json.loads(result.stdout)["shape"] == [20, 32]
 
 
+def test_cli_trust_remote_code_travels_as_an_argument(tiny_bert, tmp_path, monkeypatch):
+    """--trust-remote-code reaches the hf: adapter as an argument (extract, probe, predict); the environment plays no part."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from headstart.backbones import hf_adapter
+    from headstart.cli import app
+
+    monkeypatch.delenv("HEADSTART_TRUST_REMOTE_CODE", raising=False)
+    seen: list[bool] = []
+    original = hf_adapter.load_folder
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("trust_remote_code", False))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hf_adapter, "load_folder", recording)
+    path = tmp_path / "data.csv"
+    path.write_text("text,label\n" + "\n".join(f'"{t}",{"pos" if i < 10 else "neg"}' for i, t in enumerate(POSITIVE + NEGATIVE)))
+    runner = CliRunner()
+    common = ["-b", f"hf:{tiny_bert}", "--cache-dir", str(tmp_path / "cache"), "--json"]
+    for command, flag in ((["extract", str(path)], False), (["extract", str(path)], True), (["probe", str(path), "--out", str(tmp_path / "run")], True)):
+        seen.clear()
+        result = runner.invoke(app, command + common + (["--trust-remote-code"] if flag else []))
+        assert result.exit_code == 0, result.output
+        assert seen == [flag]
+    bundle = str(tmp_path / "run" / "bundle")
+    for flag in (False, True):
+        seen.clear()
+        result = runner.invoke(app, ["predict", bundle, "a lovely day", "--json"] + (["--trust-remote-code"] if flag else []))
+        assert result.exit_code == 0, result.output
+        assert seen == [flag]
+    assert "HEADSTART_TRUST_REMOTE_CODE" not in os.environ
+
+
+def test_allows_remote_code_names_the_sources_that_run_code():
+    from headstart.backbones.registry import allows_remote_code
+
+    assert allows_remote_code("hf:org/model") and allows_remote_code("st:org/model@random")
+    assert not allows_remote_code("tv:mobilenet_v2@random") and not allows_remote_code("file:./model.safetensors")
+
+
 # ----- TF-IDF baseline ----------------------------------------------------------------------------
 
 
