@@ -3,8 +3,9 @@
 ::
 
     bundle/
-      bundle.json          kind ("classification"), backbone spec (with sha256), layer, pooling, classes, head metadata,
-                           metrics and a manifest (package versions, seed, data fingerprint, store key)
+      bundle.json          kind ("classification"), backbone spec (with sha256), layer, pooling,
+                           classes, head metadata, metrics and a manifest (package versions, seed,
+                           data fingerprint, store key)
       head.safetensors     the head's arrays
       backbone.safetensors only for fine-tuned bundles: the backbone's own weights
       adapter.safetensors  only for LoRA fine-tuned bundles: the adapter weights alone (the backbone's
