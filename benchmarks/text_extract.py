@@ -55,7 +55,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from headstart.backbones import load_backbone
-    from headstart.backbones.text_adapter import packaged_folder
+    from headstart.backbones.folders import packaged_folder
     from headstart.data.builtin import load_builtin
     from headstart.features import FeatureStore, extract
 

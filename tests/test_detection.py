@@ -148,7 +148,7 @@ def test_train_bundle_round_trip_and_predict_cli(scenes, tmp_path):
     assert set(result.test) >= {"map", "map_50", "per_class"}
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     _assert_run_files(tmp_path / "run", result, scenes)
-    from headstart.bundle import Bundle
+    from headstart.bundles import Bundle
 
     bundle = Bundle.load(result.bundle_path)
     assert type(bundle).__name__ == "TaskBundle" and bundle.task == "detection"

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from headstart.backbones import load_backbone
-from headstart.bundle import Bundle
+from headstart.bundles import Bundle
 from headstart.cli import app
 from headstart.data import load_data
 from headstart.data.transforms import preprocess_array_batch

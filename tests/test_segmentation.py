@@ -85,7 +85,7 @@ def test_train_bundle_and_predict_writes_masks_and_overlays(scenes, tmp_path):
     overlays = sorted((tmp_path / "pred").glob("*.overlay.png"))
     assert len(masks) == 2 and len(overlays) == 2
     # the mask PNG holds the class indices the reloaded bundle predicts
-    from headstart.bundle import Bundle
+    from headstart.bundles import Bundle
 
     bundle = Bundle.load(result.bundle_path)
     image = np.asarray(Image.open(folder / masks[0].name.replace(".mask.png", ".png")).convert("RGB"))

@@ -245,7 +245,7 @@ def test_missing_tokenizer_is_a_clear_error(tiny_bert, tmp_path):
 
 
 def test_remote_code_is_off_unless_asked(tiny_bert, tmp_path, monkeypatch):
-    monkeypatch.delenv("HEADSTART_TRUST_REMOTE_CODE", raising=False)
+    monkeypatch.setenv("HEADSTART_TRUST_REMOTE_CODE", "1")  # no longer read: only the argument turns remote code on
     folder = tmp_path / "custom-code"
     shutil.copytree(tiny_bert, folder)
     config = json.loads((folder / "config.json").read_text())
@@ -263,7 +263,7 @@ def test_trust_remote_code_is_refused_for_sources_without_code():
 
 
 def test_packaged_minilm_resolves_under_st_and_hf():
-    from headstart.backbones.text_adapter import packaged_folder
+    from headstart.backbones.folders import packaged_folder
 
     folder = _minilm_folder()
     assert packaged_folder(MINILM) == folder
@@ -460,7 +460,7 @@ def test_read_texts_for_prediction(tmp_path, monkeypatch):
 
 
 def test_probe_bundle_and_predict_on_text(tiny_bert, tmp_path):
-    from headstart.bundle import Bundle
+    from headstart.bundles import Bundle
     from headstart.workflows.probe import probe
 
     report = probe(_sentiment_dataset(), [f"hf:{tiny_bert}"], ["linear", "knn"], out=tmp_path / "run", quiet=True)
@@ -519,6 +519,49 @@ def test_cli_extract_text_table_with_text_column(tiny_bert, tmp_path):
     result = CliRunner().invoke(app, ["extract", str(path), "-b", f"hf:{tiny_bert}", "--text-column", "body", "--label-column", "y", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["shape"] == [20, 32]
+
+
+def test_cli_trust_remote_code_travels_as_an_argument(tiny_bert, tmp_path, monkeypatch):
+    """--trust-remote-code reaches the hf: adapter as an argument (extract, probe, predict); the environment plays no part."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from headstart.backbones import hf_adapter
+    from headstart.cli import app
+
+    monkeypatch.delenv("HEADSTART_TRUST_REMOTE_CODE", raising=False)
+    seen: list[bool] = []
+    original = hf_adapter.load_folder
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("trust_remote_code", False))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hf_adapter, "load_folder", recording)
+    path = tmp_path / "data.csv"
+    path.write_text("text,label\n" + "\n".join(f'"{t}",{"pos" if i < 10 else "neg"}' for i, t in enumerate(POSITIVE + NEGATIVE)))
+    runner = CliRunner()
+    common = ["-b", f"hf:{tiny_bert}", "--cache-dir", str(tmp_path / "cache"), "--json"]
+    for command, flag in ((["extract", str(path)], False), (["extract", str(path)], True), (["probe", str(path), "--out", str(tmp_path / "run")], True)):
+        seen.clear()
+        result = runner.invoke(app, command + common + (["--trust-remote-code"] if flag else []))
+        assert result.exit_code == 0, result.output
+        assert seen == [flag]
+    bundle = str(tmp_path / "run" / "bundle")
+    for flag in (False, True):
+        seen.clear()
+        result = runner.invoke(app, ["predict", bundle, "a lovely day", "--json"] + (["--trust-remote-code"] if flag else []))
+        assert result.exit_code == 0, result.output
+        assert seen == [flag]
+    assert "HEADSTART_TRUST_REMOTE_CODE" not in os.environ
+
+
+def test_allows_remote_code_names_the_sources_that_run_code():
+    from headstart.backbones.registry import allows_remote_code
+
+    assert allows_remote_code("hf:org/model") and allows_remote_code("st:org/model@random")
+    assert not allows_remote_code("tv:mobilenet_v2@random") and not allows_remote_code("file:./model.safetensors")
 
 
 # ----- TF-IDF baseline ----------------------------------------------------------------------------
@@ -614,7 +657,7 @@ def test_lora_policy_trains_only_adapters_and_head(tiny_bert):
 
 
 def test_finetune_text_last_layer_then_predict(tiny_bert, tmp_path):
-    from headstart.bundle import Bundle
+    from headstart.bundles import Bundle
     from headstart.finetune import FinetunePolicy, finetune
 
     policy = FinetunePolicy(trainable=("head", "last-n:1"), head_init="probe", layer_decay=0.8)
@@ -627,7 +670,7 @@ def test_finetune_text_last_layer_then_predict(tiny_bert, tmp_path):
 
 
 def test_finetune_lora_bundle_stores_adapters_and_merges(tiny_bert, tmp_path):
-    from headstart.bundle import Bundle
+    from headstart.bundles import Bundle
     from headstart.finetune import finetune
 
     result = finetune(_sentiment_dataset(), f"hf:{tiny_bert}", strategy="lora", lora_rank=4, lora_alpha=8.0, epochs=1, batch_size=4, lr=5e-2,

@@ -24,7 +24,8 @@ _LAZY = {
     "LinearProbe": "headstart.heads",
     "KNNProbe": "headstart.heads",
     "MLPHead": "headstart.heads",
-    "Bundle": "headstart.bundle",
+    "Bundle": "headstart.bundles",
+    "load_bundle": "headstart.bundles",
     "HeadstartError": "headstart.errors",
     "rank_backbones": "headstart.workflows.rank",
 }
@@ -41,13 +42,14 @@ __all__ = [
     "extract",
     "list_backbones",
     "load_backbone",
+    "load_bundle",
     "load_data",
     "rank_backbones",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from headstart.backbones import BackboneSpec, list_backbones, load_backbone
-    from headstart.bundle import Bundle
+    from headstart.bundles import Bundle, load_bundle
     from headstart.data import load_data
     from headstart.errors import HeadstartError
     from headstart.features import FeatureStore, extract

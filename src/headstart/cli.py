@@ -33,14 +33,6 @@ TextColumn = Annotated[Optional[str], typer.Option("--text-column", help="Column
 LabelColumn = Annotated[str, typer.Option("--label-column", help="Column holding the label in a .csv/.tsv/.jsonl table.")]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Let hf:/st: model folders run the code they ship (off by default; read it first).")]
 
-
-def _allow_remote_code(trust: bool) -> None:
-    """``--trust-remote-code``: hf:/st: adapters read HEADSTART_TRUST_REMOTE_CODE for this process."""
-    if trust:
-        import os
-
-        os.environ["HEADSTART_TRUST_REMOTE_CODE"] = "1"
-
 app = typer.Typer(
     name="headstart",
     help="Transfer learning from pretrained backbones: rank, extract once, probe, fine-tune, predict.",
@@ -107,12 +99,11 @@ def extract_cmd(
     from headstart.data import load_data
     from headstart.features import extract
 
-    _allow_remote_code(trust_remote_code)
     dataset = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column)
     features = extract(
         backbone, dataset, layer=layer, pool=pool, image_size=image_size, batch_size=batch_size,
         num_workers=workers, device=device, decode=decode, compile=compile_model, store=store_from(cache_dir),
-        quiet=quiet or json_out,
+        quiet=quiet or json_out, trust_remote_code=trust_remote_code,
     )
     summary = features.summary()
     summary["skipped_items"] = [{"item": item, "reason": reason} for item, reason in features.skipped]
@@ -149,12 +140,11 @@ def probe_cmd(
     from headstart.data import load_data
     from headstart.workflows.probe import print_probe_table, probe
 
-    _allow_remote_code(trust_remote_code)
     dataset = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column)
     out = out or Path("runs") / f"probe-{time.strftime('%Y%m%d-%H%M%S')}"
     report = probe(
         dataset, backbone, head, layer=layer, pool=pool, image_size=image_size, seed=seed, out=out,
-        store=store_from(cache_dir), quiet=quiet or json_out,
+        store=store_from(cache_dir), quiet=quiet or json_out, trust_remote_code=trust_remote_code,
     )
     if json_out:
         print_json(report.to_dict())
@@ -179,12 +169,11 @@ def predict_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for predictions.json and, for detection and segmentation bundles, images with boxes drawn or masks and overlays.")] = None,
 ) -> None:
     """Predict with a saved bundle (classification, detection or segmentation); unreadable inputs are reported and skipped."""
-    from headstart.bundle import Bundle
+    from headstart.bundles import load_bundle
     from headstart.data.dataset import IMAGE_EXTENSIONS
     from headstart.data.text_sources import read_texts
 
-    _allow_remote_code(trust_remote_code)
-    model = Bundle.load(bundle)
+    model = load_bundle(bundle, trust_remote_code=trust_remote_code)
     is_text = model.spec.modality == "text"
     given: list[str] = []
     skipped_lines: list[tuple[str, str]] = []

@@ -32,9 +32,9 @@ def is_offline(name: str) -> bool:
 
 
 def _in_hf_cache(body: str) -> bool:
-    from headstart.backbones.timm_adapter import _cached_file, pretrained_cfg
+    from headstart.backbones.timm_adapter import cached_file, pretrained_cfg
 
-    return _cached_file(pretrained_cfg(body)) is not None
+    return cached_file(pretrained_cfg(body)) is not None
 
 
 @functools.lru_cache(maxsize=4096)

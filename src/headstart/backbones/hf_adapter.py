@@ -11,15 +11,16 @@ hub); ``hf:/path/to/folder`` loads a local folder holding ``config.json``, the w
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from headstart.backbones.folders import is_text_folder, packaged_folder, resolve_hub_folder
 from headstart.backbones.module import Backbone, stage_param_groups
 from headstart.backbones.packaged import sha256_file
 from headstart.backbones.spec import BackboneSpec
+from headstart.backbones.text_adapter import load_folder
 from headstart.errors import WeightsUnavailableError, require
 
 SUPPORTS_REMOTE_CODE = True
@@ -55,28 +56,6 @@ def _block_names(trunk: nn.Module, num_layers: int) -> list[str]:
     return []
 
 
-def _resolve_folder(repo: str) -> Path:
-    local = Path(repo).expanduser()
-    if local.is_dir():
-        return local.resolve()
-    hub = require("huggingface_hub", "hf")
-    try:
-        return Path(hub.snapshot_download(repo, local_files_only=True))
-    except Exception:
-        pass
-    if os.environ.get("HEADSTART_OFFLINE", "0") != "1":
-        try:
-            return Path(hub.snapshot_download(repo))
-        except Exception as exc:  # hub and network errors come in many types
-            reason = type(exc).__name__
-    else:
-        reason = "HEADSTART_OFFLINE=1"
-    raise WeightsUnavailableError(
-        f"hf:{repo} is neither a local folder nor in the Hugging Face cache, and download failed ({reason}). "
-        "Fix: download it once on a connected machine (huggingface-cli download), or pass hf:/path/to/folder."
-    )
-
-
 def _weights_sha(folder: Path) -> str:
     for filename in ("model.safetensors", "pytorch_model.bin"):
         if (folder / filename).is_file():
@@ -86,14 +65,12 @@ def _weights_sha(folder: Path) -> str:
 
 def load(name: str, pretrained: bool = True, trust_remote_code: bool = False) -> Backbone:
     """Load an ``hf:`` backbone: a vision model here, a text encoder through the text adapter."""
-    from headstart.backbones import text_adapter
-
     transformers = require("transformers", "hf")
     repo = name.removeprefix("hf:")
-    folder = text_adapter.packaged_folder(name) or _resolve_folder(repo)
-    if text_adapter.is_text_folder(folder):
-        return text_adapter.load_folder(folder, f"hf:{repo}", "hf", pretrained=pretrained, trust_remote_code=trust_remote_code)
-    trust = text_adapter.trust_remote_code_enabled(trust_remote_code)
+    folder = packaged_folder(name) or resolve_hub_folder(repo)
+    if is_text_folder(folder):
+        return load_folder(folder, f"hf:{repo}", "hf", pretrained=pretrained, trust_remote_code=trust_remote_code)
+    trust = bool(trust_remote_code)
     config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=trust)
     if pretrained:
         model = transformers.AutoModel.from_pretrained(folder, trust_remote_code=trust)

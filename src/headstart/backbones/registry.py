@@ -39,6 +39,20 @@ def _adapter(name: str):
     return importlib.import_module(_ADAPTERS[prefix])
 
 
+def allows_remote_code(name: str) -> bool:
+    """Whether the source of ``name`` (``hf:``, ``st:``) can run code shipped with its weights.
+
+    Commands that take ``--trust-remote-code`` for several backbones pass it on only to these:
+    ``load_backbone(name, trust_remote_code=trust and allows_remote_code(name))``.
+
+    Raises:
+        UnknownBackboneError: The name has no known source prefix.
+    """
+    name = name.strip()
+    base = name[: -len(RANDOM_SUFFIX)] if name.endswith(RANDOM_SUFFIX) else name
+    return bool(getattr(_adapter(base), "SUPPORTS_REMOTE_CODE", False))
+
+
 def load_backbone(name: str, pretrained: bool | None = None, *, trust_remote_code: bool = False) -> Backbone:
     """Load a backbone by its prefixed name.
 

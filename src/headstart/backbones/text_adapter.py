@@ -6,7 +6,7 @@ attention mask) and ``sentence_bert_config.json`` (max length, lower-casing), th
 when ``modules.json`` lists a ``Normalize`` module. ``hf:<repo or folder>`` is the bare encoder
 (``AutoModel`` + ``AutoTokenizer``): the mean of the last hidden state over the attention mask, not
 normalised. :mod:`headstart.backbones.hf_adapter` sends a folder here when it holds a tokenizer and
-no image processor.
+no image processor; both find their folders with :mod:`headstart.backbones.folders`.
 
 Both record in ``spec.extra`` the pooling, the normalisation, the max length and the tokenizer's
 sha256; the layers are the hidden states by index (``hidden.0`` is the embedding output,
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,23 +32,14 @@ import torch
 from torch import nn
 
 from headstart.backbones.module import Backbone, stage_param_groups
-from headstart.backbones.packaged import PACKAGED, sha256_file, verify_sha256
+from headstart.backbones.folders import TOKENIZER_FILES, has_tokenizer, resolve_folder
+from headstart.backbones.packaged import PACKAGED, sha256_file
 from headstart.backbones.spec import BackboneSpec
 from headstart.errors import UnknownBackboneError, WeightsMismatchError, WeightsUnavailableError, require
 
 SUPPORTS_REMOTE_CODE = True
 POOLINGS = ("cls", "max", "mean", "mean_sqrt_len")  # sentence-transformers' concatenation order
 TEXT_POOLS = ("avg", "max", "avgmax", "token")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "special_tokens_map.json",
-)
 _ST_MODULES = {
     "sentence_transformers.models.Transformer": "transformer",
     "sentence_transformers.models.Pooling": "pooling",
@@ -60,11 +50,6 @@ _IGNORED_MISSING = ("pooler.",)  # checkpoints saved by sentence-transformers ma
 
 class TextTruncatedWarning(UserWarning):
     """Some texts were longer than the encoder's max length and were cut."""
-
-
-def trust_remote_code_enabled(explicit: bool = False) -> bool:
-    """Whether model folders may run their own code: the argument, or ``HEADSTART_TRUST_REMOTE_CODE=1``."""
-    return bool(explicit) or os.environ.get("HEADSTART_TRUST_REMOTE_CODE", "0") == "1"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,64 +283,6 @@ def encode_texts(
 # --------------------------------------------------------------------------------------------------
 
 
-def has_tokenizer(folder: Path) -> bool:
-    """Whether ``folder`` holds tokenizer files."""
-    return any((folder / name).is_file() for name in TOKENIZER_FILES)
-
-
-def is_text_folder(folder: Path) -> bool:
-    """A text model: no image processor and no image settings in its config (a tokenizer is expected).
-
-    A folder that looks like a text model but lacks its tokenizer is sent here too, so that the
-    error names the missing tokenizer.
-    """
-    if (folder / "preprocessor_config.json").is_file():
-        return False
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return has_tokenizer(folder)
-    return not any(key in config for key in ("image_size", "vision_config", "num_channels"))
-
-
-def packaged_folder(name: str) -> Path | None:
-    """The sha256-verified packaged folder for ``name``, or None when none is registered.
-
-    Raises:
-        WeightsUnavailableError: The name is packaged, but its package is not installed.
-        WeightsMismatchError: The packaged weights' sha256 is not the recorded one.
-    """
-    packaged = PACKAGED.get(name)
-    if packaged is None:
-        return None
-    path = packaged.path()
-    if path is None:
-        raise WeightsUnavailableError(f"{name} comes from the package {packaged.pip_name}, which is not installed. Install it with: {packaged.install_hint()}")
-    verify_sha256(path, packaged.sha256, name)
-    return path.parent
-
-
-def resolve_folder(name: str) -> Path:
-    """The local folder of a text model: packaged, a local path, or the Hugging Face cache."""
-    folder = packaged_folder(name)
-    if folder is not None:
-        return folder
-    prefix, _, body = name.partition(":")
-    local = Path(body).expanduser()
-    if local.is_dir():
-        return local.resolve()
-    if "/" not in body:
-        guess = f"{prefix}:sentence-transformers/{body}"
-        if guess in PACKAGED:
-            raise UnknownBackboneError(f"{name} names no organisation; headstart does not guess one. Did you mean {guess}?")
-    from headstart.backbones.hf_adapter import _resolve_folder
-
-    try:
-        return _resolve_folder(body)
-    except WeightsUnavailableError as error:
-        raise WeightsUnavailableError(str(error).replace(f"hf:{body}", name, 1)) from None
-
-
 def _tokenizer_sha(folder: Path) -> str:
     digest = hashlib.sha256()
     for filename in TOKENIZER_FILES:
@@ -490,7 +417,7 @@ def load_folder(
         WeightsMismatchError: The tokenizer does not fit the model, or the weights do not fit the config.
     """
     transformers = require("transformers", "text")
-    trust = trust_remote_code_enabled(trust_remote_code)
+    trust = bool(trust_remote_code)
     if source == "st":
         encoder, pooling, normalize, max_length, lowercase = _st_pipeline(folder, name)
     else:

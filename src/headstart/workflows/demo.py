@@ -34,7 +34,7 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
         6. Fine-tune MobileNetV2 with LP-FT (the linear probe's head first, then the whole network
            for a short schedule) and compare its test accuracy with the linear probe's.
     """
-    from headstart.bundle import Bundle
+    from headstart.bundles import Bundle
     from headstart.console import console, err_console
     from headstart.data import load_data
     from headstart.features import FeatureStore, extract

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.bundle import Bundle
+from headstart.bundles import Bundle
 from headstart.data.dataset import Dataset
 from headstart.errors import DataError
 from headstart.evaluate import EvalResult, evaluate
@@ -139,6 +139,7 @@ def probe(
     store: FeatureStore | None = None,
     quiet: bool = False,
     head_params: dict[str, dict[str, Any]] | None = None,
+    trust_remote_code: bool = False,
 ) -> ProbeReport:
     """Extract, fit every head on every backbone's features, evaluate on test, save bundles.
 
@@ -156,11 +157,13 @@ def probe(
         store: Feature store (default: ``$HEADSTART_CACHE``).
         quiet: No progress bars.
         head_params: Per-head constructor arguments, e.g. ``{"mlp": {"max_epochs": 50}}``.
+        trust_remote_code: Let ``hf:``/``st:`` backbone folders run the code they ship.
 
     Returns:
         A :class:`ProbeReport`.
     """
     from headstart.backbones import load_backbone
+    from headstart.backbones.registry import allows_remote_code
 
     if not backbones:
         raise DataError("Name at least one backbone, e.g. --backbone tv:mobilenet_v2.IMAGENET1K_V1.")
@@ -169,7 +172,7 @@ def probe(
     runs: list[ProbeRun] = []
     skipped: dict[tuple[str, str], None] = dict.fromkeys(data.skipped)
     for name in backbones:
-        backbone = load_backbone(name)
+        backbone = load_backbone(name, trust_remote_code=trust_remote_code and allows_remote_code(name))
         features = extract(backbone, data, layer=layer, pool=pool, image_size=image_size, store=store, quiet=quiet)
         skipped.update(dict.fromkeys(features.skipped))
         for head_name in heads:

@@ -3,7 +3,7 @@
 ::
 
     bundle/
-      bundle.json        task ("detection" or "segmentation"), backbone spec (with the pretrained
+      bundle.json        kind and task ("detection" or "segmentation"), backbone spec (with the pretrained
                          weights' sha256), network config, classes, metrics, manifest
       model.safetensors  the whole trained network (trunk, pyramid, heads); its sha256 is in bundle.json
 
@@ -12,12 +12,11 @@ Loading rebuilds the architecture from the spec (no pretrained weights needed) a
 :class:`TaskPrediction` per input, with the fields ``headstart predict`` prints for classification
 (``input``, ``label``, ``top_k``, ``error``) plus the boxes or the mask; :meth:`TaskBundle.write_outputs`
 writes ``predictions.json`` and, per image, the image with its boxes drawn (detection) or the mask
-PNG and an overlay (segmentation).
+PNG and an overlay (segmentation); the drawing is :mod:`headstart.bundles.draw`'s.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,13 @@ from typing import Any
 import numpy as np
 
 from headstart.backbones import BackboneSpec
-from headstart.errors import DataError, WeightsMismatchError
+from headstart.backbones.registry import allows_remote_code
+from headstart.bundles.base import BUNDLE_FORMAT, bundle_kind, check_format, describe, read_document, register_kind
+from headstart.bundles.draw import draw_boxes, overlay, read_image, unique_stem
 from headstart.data.scenes.scene import IGNORE_INDEX
+from headstart.errors import DataError, WeightsMismatchError
 
 TASKS = ("detection", "segmentation")
-BUNDLE_FORMAT = 1
 
 
 @dataclass
@@ -75,6 +76,7 @@ class TaskPrediction:
         return data
 
 
+@register_kind(*TASKS)
 class TaskBundle:
     """A trained detector or segmenter with everything needed to predict.
 
@@ -88,6 +90,8 @@ class TaskBundle:
         manifest: Provenance: seed, data, settings, times.
         score_threshold: Detection: boxes below this score are not reported.
         ignore_index: Segmentation: the mask value of unscored pixels.
+        trust_remote_code: Let an ``hf:``/``st:`` backbone folder run the code it ships when the
+            network is built (``--trust-remote-code``).
     """
 
     def __init__(
@@ -101,6 +105,7 @@ class TaskBundle:
         manifest: dict[str, Any] | None = None,
         score_threshold: float = 0.5,
         ignore_index: int = IGNORE_INDEX,
+        trust_remote_code: bool = False,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task={task!r} is not one of {', '.join(TASKS)}.")
@@ -113,6 +118,7 @@ class TaskBundle:
         self.manifest = manifest or {}
         self.score_threshold = score_threshold
         self.ignore_index = ignore_index
+        self.trust_remote_code = trust_remote_code
         self.path: Path | None = None
         self._model_sha: str | None = None
 
@@ -132,6 +138,7 @@ class TaskBundle:
         atomic_write_bytes(path / "model.safetensors", save_tensors(state))
         document = {
             "format": BUNDLE_FORMAT,
+            "kind": self.task,
             "task": self.task,
             "modality": "image",
             "backbone": self.spec.to_dict(),
@@ -147,24 +154,32 @@ class TaskBundle:
         self.path = path
         return path
 
+    @property
+    def kind(self) -> str:
+        """The bundle's kind in bundle.json: its task."""
+        return self.task
+
     @classmethod
-    def load(cls, path: str | Path, document: dict[str, Any] | None = None) -> TaskBundle:
+    def load(cls, path: str | Path, document: dict[str, Any] | None = None, *, trust_remote_code: bool = False) -> TaskBundle:
         """Load a bundle folder; the network is built on first use.
+
+        Args:
+            path: The bundle folder.
+            document: Its parsed ``bundle.json``, when the caller has read it already.
+            trust_remote_code: Let an ``hf:``/``st:`` backbone folder run the code it ships.
 
         Raises:
             DataError: Not a detection or segmentation bundle, or from a newer headstart.
         """
         path = Path(path)
         if document is None:
-            if not (path / "bundle.json").is_file():
-                raise DataError(f"{path} is not a headstart bundle (no bundle.json). Give the --out folder's bundle/ of a detect or segment run.")
-            document = json.loads((path / "bundle.json").read_text())
-        if document.get("task") not in TASKS:
-            raise DataError(f"{path} is a {document.get('task', 'classification')} bundle, not a detection or segmentation one.")
-        if document.get("format", 0) > BUNDLE_FORMAT:
-            raise DataError(f"{path} was written by a newer headstart (format {document['format']}); upgrade headstart.")
+            document = read_document(path, "Give the --out folder's bundle/ of a detect or segment run.")
+        kind = bundle_kind(document)
+        if kind not in TASKS:
+            raise DataError(f"{path} is a {kind} bundle, not a detection or segmentation one.")
+        check_format(document, path)
         bundle = cls(
-            task=document["task"],
+            task=kind,
             spec=BackboneSpec.from_dict(document["backbone"]),
             config=document["model"],
             classes=document["classes"],
@@ -172,6 +187,7 @@ class TaskBundle:
             manifest=document.get("manifest", {}),
             score_threshold=float(document.get("score_threshold", 0.5)),
             ignore_index=int(document.get("ignore_index", IGNORE_INDEX)),
+            trust_remote_code=trust_remote_code,
         )
         bundle.path = path
         bundle._model_sha = document.get("model_sha256")
@@ -196,7 +212,8 @@ class TaskBundle:
         actual = sha256_file(weights)
         if self._model_sha and actual != self._model_sha:
             raise WeightsMismatchError(f"{weights} has sha256 {actual}, not the recorded {self._model_sha}; the bundle is damaged.")
-        backbone = load_backbone(self.spec.name, pretrained=False)
+        trust = self.trust_remote_code and allows_remote_code(self.spec.name)
+        backbone = load_backbone(self.spec.name, pretrained=False, trust_remote_code=trust)
         model = build_model(self.task, backbone, self.config)
         model.network.load_state_dict(load_file(str(weights)))
         return model.eval()
@@ -221,13 +238,13 @@ class TaskBundle:
         loaded, positions, results = [], [], [None] * len(inputs)
         for position, item in enumerate(inputs):
             try:
-                loaded.append(_read_image(item))
+                loaded.append(read_image(item))
                 positions.append(position)
             except (OSError, ValueError, SyntaxError) as exc:
-                results[position] = TaskPrediction(_describe(item), None, [], f"{type(exc).__name__}: {exc}")
+                results[position] = TaskPrediction(describe(item), None, [], f"{type(exc).__name__}: {exc}")
         raw = self.predict_images(loaded, device=device) if loaded else []
         for position, image, output in zip(positions, loaded, raw):
-            name = _describe(inputs[position])
+            name = describe(inputs[position])
             results[position] = self._detection(name, output, top_k) if self.task == "detection" else self._segmentation(name, output, top_k)
             results[position].image = image
         return results  # type: ignore[return-value]
@@ -262,8 +279,8 @@ class TaskBundle:
         for result in results:
             if result.error is not None:
                 continue
-            stem = _unique_stem(result.input, used)
-            image = result.image if result.image is not None else _read_image(result.input)
+            stem = unique_stem(result.input, used)
+            image = result.image if result.image is not None else read_image(result.input)
             if self.task == "detection":
                 path = out / f"{stem}.boxes.png"
                 draw_boxes(image, result.boxes or [], self.classes, palette).save(path)
@@ -296,60 +313,3 @@ def build_model(task: str, backbone, config: dict[str, Any]):
 
     return build_segmenter(backbone, int(config["num_classes"]), head=config["head"], image_size=int(config["image_size"]),
                            channels=int(config["channels"]), strides=tuple(config["strides"]))
-
-
-def draw_boxes(image: np.ndarray, boxes: list[dict[str, Any]], classes: list[str], palette: list[list[int]]):
-    """The image with each box drawn in its class colour and labelled ``class score``."""
-    from PIL import Image, ImageDraw
-
-    canvas = Image.fromarray(image).convert("RGB")
-    scale = max(1, 256 // max(1, min(canvas.size)))
-    if scale > 1:
-        canvas = canvas.resize((canvas.width * scale, canvas.height * scale), Image.NEAREST)
-    draw = ImageDraw.Draw(canvas)
-    for box in boxes:
-        colour = tuple(palette[classes.index(box["label"]) + 1]) if box["label"] in classes else (255, 0, 0)
-        x0, y0, x1, y1 = (v * scale for v in box["box"])
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
-        text = f"{box['label']} {box['score']:.2f}"
-        draw.rectangle([x0, max(0, y0 - 11), x0 + 6 * len(text) + 2, y0], fill=colour)
-        draw.text((x0 + 1, max(0, y0 - 11)), text, fill=(0, 0, 0))
-    return canvas
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, palette: list[list[int]], alpha: float = 0.5):
-    """The image blended with the mask's class colours (background left as it is)."""
-    from PIL import Image
-
-    colours = np.asarray(palette, dtype=np.float32)[mask]
-    blend = np.where((mask > 0)[..., None], image * (1 - alpha) + colours * alpha, image)
-    return Image.fromarray(blend.clip(0, 255).astype(np.uint8))
-
-
-def _read_image(item) -> np.ndarray:
-    if isinstance(item, np.ndarray):
-        if item.ndim == 2:
-            item = np.stack([item] * 3, axis=-1)
-        return np.ascontiguousarray(item[..., :3]).astype(np.uint8)
-    from PIL import Image
-
-    with Image.open(item) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def _describe(item: Any) -> str:
-    if isinstance(item, (str, Path)):
-        return str(item)
-    if isinstance(item, np.ndarray):
-        return f"array{tuple(item.shape)}"
-    return type(item).__name__
-
-
-def _unique_stem(name: str, used: set[str]) -> str:
-    stem = Path(name).stem if not name.startswith("array(") else "array"
-    candidate, counter = stem, 1
-    while candidate in used:
-        counter += 1
-        candidate = f"{stem}-{counter}"
-    used.add(candidate)
-    return candidate

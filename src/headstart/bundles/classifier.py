@@ -1,23 +1,23 @@
-"""Bundles: a trained model saved as a plain directory, with no pickle anywhere.
+"""Classification bundles: a trained model saved as a plain directory, with no pickle anywhere.
 
 ::
 
     bundle/
-      bundle.json          backbone spec (with sha256), layer, pooling, classes, head metadata,
-                           metrics and a manifest (package versions, seed, data fingerprint, store key)
+      bundle.json          kind ("classification"), backbone spec (with sha256), layer, pooling,
+                           classes, head metadata, metrics and a manifest (package versions, seed,
+                           data fingerprint, store key)
       head.safetensors     the head's arrays
       backbone.safetensors only for fine-tuned bundles: the backbone's own weights
       adapter.safetensors  only for LoRA fine-tuned bundles: the adapter weights alone (the backbone's
                            are the original ones, sha256-checked); ``merge_adapters()`` folds them in
 
 ``Bundle.load(path).predict(inputs)`` takes image paths, PIL images or arrays, or texts for a
-bundle trained on a text backbone.
+bundle trained on a text backbone. :func:`headstart.bundles.load_bundle` loads any kind of bundle.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +28,13 @@ import torch
 
 from headstart.backbones import Backbone, BackboneSpec, load_backbone
 from headstart.backbones.packaged import sha256_file
-from headstart.errors import DataError, HeadstartError, WeightsMismatchError
-from headstart.versions import package_versions
+from headstart.backbones.registry import allows_remote_code
+from headstart.bundles.base import BUNDLE_FORMAT, bundle_class, bundle_kind, check_format, describe, read_document, register_kind
+from headstart.errors import DataError, WeightsMismatchError
 from headstart.io import atomic_write_bytes, atomic_write_json
+from headstart.versions import package_versions
 
-BUNDLE_FORMAT = 1
+KIND = "classification"
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Prediction:
         return {"input": self.input, "label": self.label, "top_k": [{"label": l, "p": round(p, 6)} for l, p in self.top_k], "error": self.error}
 
 
+@register_kind(KIND)
 class Bundle:
     """A backbone reference plus a fitted head: everything needed to predict on new inputs.
 
@@ -62,7 +65,11 @@ class Bundle:
         backbone: A loaded backbone, to reuse instead of loading it again; fine-tuned bundles save
             its weights.
         finetuned: Whether the backbone's weights differ from ``spec`` (saved in the bundle).
+        trust_remote_code: Let an ``hf:``/``st:`` backbone folder run the code it ships when the
+            backbone loads (``--trust-remote-code``).
     """
+
+    kind = KIND
 
     def __init__(
         self,
@@ -75,6 +82,7 @@ class Bundle:
         manifest: dict[str, Any] | None = None,
         backbone: Backbone | None = None,
         finetuned: bool = False,
+        trust_remote_code: bool = False,
     ) -> None:
         self.spec = spec
         self.head = head
@@ -85,7 +93,10 @@ class Bundle:
         self.manifest = manifest or {}
         self._backbone = backbone
         self.finetuned = finetuned
+        self.trust_remote_code = trust_remote_code
         self.path: Path | None = None
+        self._finetuned_sha: str | None = None
+        self._adapter: dict[str, Any] | None = None
 
     # ----- saving and loading -----------------------------------------------------------------
 
@@ -115,7 +126,8 @@ class Bundle:
             backbone_sha = sha256_file(path / "backbone.safetensors")
         document = {
             "format": BUNDLE_FORMAT,
-            "task": "classification",
+            "kind": KIND,
+            "task": KIND,
             "modality": self.spec.modality,
             "backbone": self.spec.to_dict(),
             "finetuned_backbone_sha256": backbone_sha,
@@ -132,11 +144,17 @@ class Bundle:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> Bundle:
+    def load(cls, path: str | Path, document: dict[str, Any] | None = None, *, trust_remote_code: bool = False) -> Bundle:
         """Load a bundle directory; the backbone itself loads on first use.
 
-        A detection or segmentation bundle (``"task"`` in bundle.json) loads as a
-        :class:`headstart.tasks.TaskBundle`, which predicts with the same ``predict_batch`` contract.
+        A detection or segmentation bundle (its ``kind`` in bundle.json) loads as the class that kind
+        names, as with :func:`headstart.bundles.load_bundle`: a :class:`headstart.bundles.TaskBundle`,
+        which predicts with the same ``predict_batch`` contract.
+
+        Args:
+            path: The bundle folder.
+            document: Its parsed ``bundle.json``, when the caller has read it already.
+            trust_remote_code: Let an ``hf:``/``st:`` backbone folder run the code it ships.
 
         Raises:
             DataError: The folder is not a bundle.
@@ -146,17 +164,13 @@ class Bundle:
         from headstart.heads import head_from_state
 
         path = Path(path)
-        document_path = path / "bundle.json"
-        if not document_path.is_file():
-            raise DataError(f"{path} is not a headstart bundle (no bundle.json). Give the --out folder of a probe or finetune run.")
-        document = json.loads(document_path.read_text())
-        if document.get("task", "classification") != "classification":
+        if document is None:
+            document = read_document(path, "Give the --out folder of a probe or finetune run.")
+        kind = bundle_kind(document)
+        if kind != KIND:
             # Detection and segmentation bundles: same folder layout idea, same predict_batch contract.
-            from headstart.tasks.bundles import TaskBundle
-
-            return TaskBundle.load(path, document)  # type: ignore[return-value]
-        if document.get("format", 0) > BUNDLE_FORMAT:
-            raise DataError(f"{path} was written by a newer headstart (format {document['format']}); upgrade headstart.")
+            return bundle_class(kind, path).load(path, document, trust_remote_code=trust_remote_code)
+        check_format(document, path)
         head = head_from_state(load_file(str(path / "head.safetensors")), document["head"])
         bundle = cls(
             spec=BackboneSpec.from_dict(document["backbone"]),
@@ -167,6 +181,7 @@ class Bundle:
             metrics=document.get("metrics", {}),
             manifest=document.get("manifest", {}),
             finetuned=bool(document.get("finetuned_backbone_sha256")),
+            trust_remote_code=trust_remote_code,
         )
         bundle.path = path
         bundle._finetuned_sha = document.get("finetuned_backbone_sha256")
@@ -176,7 +191,7 @@ class Bundle:
     def _adapter_settings(self) -> dict[str, Any] | None:
         """The LoRA settings of the backbone's adapters, or None (without loading the backbone)."""
         if self._backbone is None:
-            return getattr(self, "_adapter", None)
+            return self._adapter
         from headstart.backbones.lora import lora_settings
 
         return lora_settings(self._backbone.model)
@@ -205,14 +220,14 @@ class Bundle:
     def _load_backbone(self) -> Backbone:
         recorded = self.spec
         name = recorded.name
-        backbone = load_backbone(name)
+        backbone = load_backbone(name, trust_remote_code=self.trust_remote_code and allows_remote_code(name))
         if backbone.spec.sha256 != recorded.sha256:
             raise WeightsMismatchError(
                 f"The bundle {self.path} was trained on {name} with weights sha256 {recorded.sha256}, "
                 f"but the weights found now have sha256 {backbone.spec.sha256}. Install the original weights, "
                 "or retrain the head on these."
             )
-        adapter = getattr(self, "_adapter", None)
+        adapter = self._adapter
         if adapter:
             from safetensors.torch import load_file
 
@@ -267,7 +282,7 @@ class Bundle:
         """
         X, ok, failed = self.features(inputs)
         if failed:
-            details = "; ".join(f"{_describe(inputs[i])}: {reason}" for i, reason in failed)
+            details = "; ".join(f"{describe(inputs[i])}: {reason}" for i, reason in failed)
             raise DataError(f"{len(failed)} input(s) could not be read: {details}")
         return self.head.predict_proba(X)
 
@@ -292,19 +307,11 @@ class Bundle:
             for row, position in enumerate(ok):
                 order = np.argsort(-proba[row])[:k]
                 ranked = [(names[i], float(proba[row, i])) for i in order]
-                results[position] = Prediction(_describe(inputs[position]), ranked[0][0], ranked)
+                results[position] = Prediction(describe(inputs[position]), ranked[0][0], ranked)
         for position, reason in failed:
-            results[position] = Prediction(_describe(inputs[position]), None, [], reason)
+            results[position] = Prediction(describe(inputs[position]), None, [], reason)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
 
-def _describe(item: Any) -> str:
-    if isinstance(item, (str, Path)):
-        return str(item)
-    if isinstance(item, np.ndarray):
-        return f"array{tuple(item.shape)}"
-    return type(item).__name__
-
-
-__all__ = ["Bundle", "HeadstartError", "Prediction", "package_versions"]
+__all__ = ["Bundle", "Prediction"]

@@ -1,0 +1,16 @@
+"""Bundles: trained models saved as plain folders (``bundle.json`` + safetensors), one API for every kind.
+
+:func:`load_bundle` reads ``bundle.json`` and returns the class its ``kind`` names:
+
+* ``classification``: :class:`Bundle` (backbone reference + fitted head, or a fine-tuned backbone);
+* ``detection`` and ``segmentation``: :class:`TaskBundle` (the whole trained network).
+
+Both predict with ``predict_batch(inputs, top_k)``, one :class:`Prediction` or
+:class:`TaskPrediction` per input. Bundles written before ``kind`` existed load too.
+"""
+
+from headstart.bundles.base import BUNDLE_FORMAT, KINDS, bundle_kind, load_bundle, read_document
+from headstart.bundles.classifier import Bundle, Prediction
+from headstart.bundles.task import TaskBundle, TaskPrediction
+
+__all__ = ["BUNDLE_FORMAT", "KINDS", "Bundle", "Prediction", "TaskBundle", "TaskPrediction", "bundle_kind", "load_bundle", "read_document"]
