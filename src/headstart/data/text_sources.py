@@ -104,7 +104,8 @@ def _table_rows(path: Path, encoding: str | None = None) -> tuple[list[tuple[str
             where = f"{path}:{number}"
             text, reason = _decode(line, where)
             if text is None:
-                skipped.append((where, _not_utf8_reason(raw)))
+                guess = _guess_encoding(raw)
+                skipped.append((where, reason.replace("; re-save the file as UTF-8", f"; the file may be {guess}: rerun with --encoding {guess}, or re-save it as UTF-8")))
                 continue
             if not text.strip():
                 continue
