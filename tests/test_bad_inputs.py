@@ -271,8 +271,17 @@ CASE_NAMES = [
 ]
 
 
+# Cases whose fix has not landed yet: strict, so a fix that lands makes the test say to remove the name.
+PENDING: set[str] = {
+    "unknown head", "finetune epochs 0", "finetune negative lr", "finetune malformed policy", "text backbone on images",
+    "out is an existing file", "out under a file", "segment train epochs 0",
+}
+
+
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_bad_input(inputs, name, monkeypatch, capsys):
+def test_bad_input(inputs, name, monkeypatch, capsys, request):
+    if name in PENDING:
+        request.node.add_marker(pytest.mark.xfail(strict=True, reason="fix pending"))
     case = inputs[name]
     code, out, err = run(case.args, monkeypatch, capsys)
     check(case, code, out, err)
@@ -289,6 +298,7 @@ def test_every_case_is_in_the_catalogue(inputs):
 # ----- cases that read a run back ------------------------------------------------------------------
 
 
+@pytest.mark.xfail(strict=True, reason="fix pending")
 def test_predict_takes_a_run_directory_and_says_which_bundle(probe_run, monkeypatch, capsys):
     image = probe_run.parent / "one.png"
     _image(3, size=8).save(image)
@@ -308,6 +318,7 @@ def test_predict_with_a_malformed_bundle_json(probe_run, tmp_path, monkeypatch, 
     check(Case([], 2, ["bundle.json"]), code, out, err)
 
 
+@pytest.mark.xfail(strict=True, reason="fix pending")
 def test_predict_with_a_corrupt_head(probe_run, tmp_path, monkeypatch, capsys):
     import shutil
 
