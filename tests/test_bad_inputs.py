@@ -274,7 +274,7 @@ CASE_NAMES = [
 # Cases whose fix has not landed yet: strict, so a fix that lands makes the test say to remove the name.
 PENDING: set[str] = {
     "unknown head", "finetune epochs 0", "finetune negative lr", "finetune malformed policy", "text backbone on images",
-    "out is an existing file", "out under a file", "segment train epochs 0",
+    "segment train epochs 0",
 }
 
 
@@ -330,3 +330,18 @@ def test_predict_with_a_corrupt_head(probe_run, tmp_path, monkeypatch, capsys):
     _image(4, size=8).save(image)
     code, out, err = run(["predict", str(bundle), str(image)], monkeypatch, capsys)
     check(Case([], 2, [head.name]), code, out, err)
+
+
+def test_out_is_checked_without_creating_anything(tmp_path):
+    from headstart.errors import OptionError
+    from headstart.io import check_out_dir
+
+    existing = tmp_path / "file"
+    existing.write_text("x")
+    with pytest.raises(OptionError, match="existing file"):
+        check_out_dir(existing)
+    with pytest.raises(OptionError, match="is a file, so no folder"):
+        check_out_dir(existing / "a" / "b")
+    fresh = tmp_path / "new" / "run"
+    assert check_out_dir(fresh) == fresh and not (tmp_path / "new").exists()
+    assert check_out_dir(None) is None and check_out_dir(tmp_path) == tmp_path

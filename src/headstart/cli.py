@@ -172,7 +172,9 @@ def predict_cmd(
     from headstart.bundles import load_bundle
     from headstart.data.dataset import IMAGE_EXTENSIONS
     from headstart.data.text_sources import read_texts
+    from headstart.io import check_out_dir
 
+    check_out_dir(out)
     model = load_bundle(bundle, trust_remote_code=trust_remote_code)
     is_text = model.spec.modality == "text"
     given: list[str] = []

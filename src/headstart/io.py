@@ -63,9 +63,37 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def check_out_dir(out: str | os.PathLike[str] | None, option: str = "--out") -> Path | None:
+    """Refuse an output folder that cannot be written, before any work starts; returns it as a Path.
+
+    ``out`` may exist as a folder (its other files are kept) or not exist yet; it must not be a
+    file, lie under a file, or sit in a folder this process cannot write. Nothing is created here.
+
+    Raises:
+        OptionError: with the folder, what is wrong and the fix (``option`` names the option).
+    """
+    from headstart.errors import OptionError
+
+    if out is None:
+        return None
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OptionError(f"{option} {path} is an existing file, not a folder; give a folder path (the file is left alone).")
+    ancestor = path
+    while not ancestor.exists():
+        if ancestor.parent == ancestor:
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OptionError(f"{option} {path}: {ancestor} is a file, so no folder can be made under it; give another {option} path.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OptionError(f"{option} {path}: {ancestor} is not writable by this user; give a writable {option} path.")
+    return path
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
     """:func:`atomic_write_bytes` of ``data`` as indented, key-sorted JSON."""
     atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "current_umask", "fsync_dir"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "check_out_dir", "current_umask", "fsync_dir"]

@@ -34,6 +34,9 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 100, image_size: in
         6. Fine-tune MobileNetV2 with LP-FT (the linear probe's head first, then the whole network
            for a short schedule) and compare its test accuracy with the linear probe's.
     """
+    from headstart.io import check_out_dir
+
+    check_out_dir(out)
     from headstart.bundles import Bundle
     from headstart.console import console, err_console
     from headstart.data import load_data

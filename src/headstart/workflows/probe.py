@@ -19,7 +19,7 @@ from headstart.data.dataset import Dataset
 from headstart.errors import DataError
 from headstart.evaluate import EvalResult, evaluate
 from headstart.features import FeatureStore, Features, extract
-from headstart.io import atomic_write_bytes, atomic_write_json
+from headstart.io import atomic_write_bytes, atomic_write_json, check_out_dir
 from headstart.heads import make_head
 
 
@@ -167,6 +167,7 @@ def probe(
 
     if not backbones:
         raise DataError("Name at least one backbone, e.g. --backbone tv:mobilenet_v2.IMAGENET1K_V1.")
+    check_out_dir(out)
     started = time.perf_counter()
     store = store or FeatureStore()
     runs: list[ProbeRun] = []

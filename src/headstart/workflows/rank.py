@@ -116,6 +116,7 @@ def rank_backbones(
     from headstart.device import resolve_device
     from headstart.features import FeatureStore, extract
     from headstart.features.extract import store_key
+    from headstart.io import check_out_dir
 
     started = time.perf_counter()
     names, combination = check_scores(scores, combine, method)
@@ -127,6 +128,7 @@ def rank_backbones(
             combination = Combination(combination.scores + ("linear",), combination.method)
     rows_index, per_class = _subsample_rows(data, sample, seed)
     device = resolve_device(device)
+    check_out_dir(out)
     store = store or FeatureStore()
     say = progress or _default_progress(quiet)
     sub = data.subset(rows_index)
