@@ -1,10 +1,13 @@
 """headstart: transfer learning from pretrained backbones, with a content-addressed feature store.
 
 The public API is small; heavy dependencies import lazily inside the functions that need them.
-Metrics live in :mod:`headstart.evaluate` (``from headstart.evaluate import evaluate``): a
-top-level ``evaluate`` function would be shadowed by that subpackage once it is imported. The
-top-level entry points therefore have names that no subpackage has: ``rank_backbones``
-(:func:`headstart.workflows.rank.rank_backbones`).
+A top-level function named like a subpackage (``evaluate``, ``finetune``) would be replaced by
+that subpackage as soon as it is imported, so the entry points have names that no subpackage has:
+``rank_backbones`` (:func:`headstart.workflows.rank.rank_backbones`), ``fine_tune``
+(:func:`headstart.finetune.finetune`), ``train_detector`` and ``train_segmenter``
+(:mod:`headstart.tasks`), ``evaluate_predictions`` (:func:`headstart.evaluate.evaluate`) and
+``load_bundle``. ``tests/test_architecture.py`` checks that importing every subpackage leaves them
+in place.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ _LAZY = {
     "load_bundle": "headstart.bundles",
     "HeadstartError": "headstart.errors",
     "rank_backbones": "headstart.workflows.rank",
+    "fine_tune": "headstart.finetune:finetune",
+    "train_detector": "headstart.tasks",
+    "train_segmenter": "headstart.tasks",
+    "evaluate_predictions": "headstart.evaluate:evaluate",
 }
 
 __all__ = [
@@ -39,12 +46,16 @@ __all__ = [
     "LinearProbe",
     "MLPHead",
     "__version__",
+    "evaluate_predictions",
     "extract",
+    "fine_tune",
     "list_backbones",
     "load_backbone",
     "load_bundle",
     "load_data",
     "rank_backbones",
+    "train_detector",
+    "train_segmenter",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,10 +65,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from headstart.errors import HeadstartError
     from headstart.features import FeatureStore, extract
     from headstart.heads import KNNProbe, LinearProbe, MLPHead
+    from headstart.evaluate import evaluate as evaluate_predictions
+    from headstart.finetune import finetune as fine_tune
+    from headstart.tasks import train_detector, train_segmenter
     from headstart.workflows.rank import rank_backbones
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, _, attribute = _LAZY[name].partition(":")
+        return getattr(importlib.import_module(module), attribute or name)
     raise AttributeError(f"module 'headstart' has no attribute {name!r}")
