@@ -39,16 +39,6 @@ def split_indices(data: Dataset, val_fraction: float, seed: int) -> tuple[np.nda
     return train, val, test
 
 
-def train_batches(rows: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The epoch's global batches: a seeded shuffle, full batches only (unless there is less than one)."""
-    generator = torch.Generator().manual_seed(sample_seed(seed, epoch, -1))
-    order = rows[torch.randperm(len(rows), generator=generator).numpy()]
-    if len(order) <= batch_size:
-        return [order]
-    n_full = len(order) // batch_size
-    return [order[i * batch_size : (i + 1) * batch_size] for i in range(n_full)]
-
-
 class _Files(torch.utils.data.Dataset):
     """Decode (and, for training, augment) image files in DataLoader workers; failures get label IGNORE."""
 

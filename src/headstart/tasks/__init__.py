@@ -27,6 +27,8 @@ _LAZY = {
     "train_detector": "headstart.tasks.train",
     "train_segmenter": "headstart.tasks.train",
     "TaskResult": "headstart.tasks.train",
+    "SceneLoader": "headstart.tasks.adapter",
+    "evaluate_scenes": "headstart.tasks.adapter",
     "TaskBundle": "headstart.tasks.bundles",
     "detection_metrics": "headstart.evaluate.tasks",
     "segmentation_metrics": "headstart.evaluate.tasks",
