@@ -94,6 +94,17 @@ def test_frozen_parameters_and_bn_statistics_do_not_move(data):
     assert [row["trainable_params"] for row in result.history] == [result.history[0]["trainable_params"]] * 2
 
 
+def test_finetune_trains_the_callers_backbone_but_leaves_its_spec_alone(data):
+    """image_size applies to the run (its copy of the spec), not to the Backbone the caller passed in."""
+    backbone = load_backbone(TINY_BACKBONE)
+    size = backbone.spec.input_size
+    assert size != 32
+    result = finetune(data, backbone, strategy="full", epochs=1, image_size=32, quiet=True)
+    assert backbone.spec.input_size == size
+    assert result.bundle.spec.input_size == 32 and result.model.backbone.spec.input_size == 32
+    assert result.model.backbone.model is backbone.model  # the network itself is trained in place, as documented
+
+
 def test_stats_frozen_keeps_every_running_statistic_but_trains_affine(data):
     backbone = load_backbone(TINY_BACKBONE)
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
