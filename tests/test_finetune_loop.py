@@ -31,7 +31,7 @@ from headstart.finetune import (
 from headstart.engine import CheckpointError, train_batches
 from headstart.finetune import adapter as classification
 from headstart.finetune.data import split_indices
-from headstart.finetune.train import SMALL_VALIDATION
+from headstart.finetune.adapter import SMALL_VALIDATION
 from headstart.models.classifier import is_batchnorm
 
 from conftest import TINY_BACKBONE, report_sections

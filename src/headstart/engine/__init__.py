@@ -4,22 +4,24 @@
   warm-up, clipping, EMA, patience, validation share, precision, device, seed, run folder, ...).
 * :func:`resolve_policy`: the one resolver of a run's :class:`FinetunePolicy` (strategy, policy
   file or object, ``trainable_stages``, LoRA settings).
-* :func:`start`, :func:`fit`, :func:`finish`: the run's Accelerator, the loop (parameter groups from
-  the compiled policy, warm-up + cosine schedule, clipping, EMA, frozen-weights guard, validation
-  and the kept epoch, logs, checkpoints and exact resume), and its end.
-* :class:`Adapter`: what a task supplies (batches, loss, validation, log lines).
+* :func:`train`: a whole run, from :func:`start` (the Accelerator; the device resolved once) through
+  :func:`fit` (parameter groups from the compiled policy, warm-up + cosine schedule, clipping, EMA,
+  frozen-weights guard, validation and the kept epoch, logs, checkpoints and exact resume) to
+  :func:`finish`.
+* :class:`Adapter`: what a task supplies (setup: data, model, policy; batches, loss, validation, log
+  lines; conclusion: test metrics, bundle, run files), and :class:`Setup`.
 
 The engine imports only layers below it (models, data, backbones, core); the task packages
 (:mod:`headstart.finetune`, :mod:`headstart.tasks`) are its adapters.
 """
 
-from headstart.engine.adapter import Adapter
+from headstart.engine.adapter import Adapter, Setup
 from headstart.engine.checkpoint import CheckpointError
 from headstart.engine.config import OPTIMIZERS, PRECISIONS, TrainConfig
 from headstart.engine.ema import WeightEMA
 from headstart.engine.errors import OutOfMemoryError, TrainingDivergedError, suggest_batch_size
 from headstart.engine.guard import FrozenGuard, FrozenWeightsChangedError
-from headstart.engine.loop import Run, finish, fit, start
+from headstart.engine.loop import Run, finish, fit, start, train
 from headstart.engine.policy import DEFAULT_LR, STRATEGIES, CompiledPolicy, FinetunePolicy, PolicyError, resolve_policy, strategy_policy
 from headstart.engine.schedule import train_batches
 
@@ -37,6 +39,7 @@ __all__ = [
     "OutOfMemoryError",
     "PolicyError",
     "Run",
+    "Setup",
     "TrainConfig",
     "TrainingDivergedError",
     "WeightEMA",
@@ -46,5 +49,6 @@ __all__ = [
     "start",
     "strategy_policy",
     "suggest_batch_size",
+    "train",
     "train_batches",
 ]

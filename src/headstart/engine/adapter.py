@@ -1,20 +1,41 @@
-"""The adapter protocol: what a task tells the engine (batches, loss, validation, logs); the engine runs the loop.
+"""The adapter protocol: what a task tells the engine; the engine runs the loop.
 
 A task (classification in :mod:`headstart.finetune`, detection and segmentation in
-:mod:`headstart.tasks`) builds its model and data, subclasses :class:`Adapter`, and hands both to
-:func:`headstart.engine.fit`. Afterwards it evaluates the kept weights on its test split and writes
-its bundle and run files itself.
+:mod:`headstart.tasks`) subclasses :class:`Adapter`: :meth:`~Adapter.setup` builds the data, the
+model and its compiled policy; :meth:`~Adapter.train_epoch`, :meth:`~Adapter.loss` and
+:meth:`~Adapter.validate` feed the loop; :meth:`~Adapter.conclude` evaluates the kept weights on the
+test split and writes the bundle and run files. :func:`headstart.engine.train` calls them in order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+
+@dataclass
+class Setup:
+    """What :meth:`Adapter.setup` hands the loop.
+
+    Attributes:
+        model: The model, on the run's device.
+        compiled: Its policy, ``policy.compile(model, lr)`` (``compiled.lr`` is the base learning rate).
+        settings: What must match for ``resume`` to continue the run (saved in every checkpoint).
+        train_rows: The training rows (the engine draws each epoch's batches of them).
+        extra_state: The task's own entries of the loop state (saved in checkpoints, restored on resume).
+    """
+
+    model: nn.Module
+    compiled: Any
+    settings: dict[str, Any]
+    train_rows: np.ndarray
+    extra_state: dict[str, Any] = field(default_factory=dict)
 
 
 class Adapter:
@@ -41,6 +62,18 @@ class Adapter:
     tensorboard = False
     divergence_hint = "Lower the learning rate (for example by 10x), or turn mixed precision off."
     n_val = 0
+
+    def setup(self, run) -> Setup:
+        """Load the data, build the model (seeded) and compile its policy, for the started ``run``. Implement."""
+        raise NotImplementedError
+
+    def conclude(self, run, setup: Setup, state: dict[str, Any]) -> Any:
+        """After the loop (the kept weights are in ``setup.model``): test, bundle, run files; return the task's result. Implement."""
+        raise NotImplementedError
+
+    def closing_line(self, result: Any, state: dict[str, Any]) -> str | None:
+        """The console line after the run (the kept epoch and its test score), or None."""
+        return None
 
     def weights(self, model: nn.Module) -> nn.Module:
         """The module whose state dict is checkpointed and kept (the model itself by default)."""

@@ -1,12 +1,12 @@
 """THE training loop: every task's epochs run here.
 
-Read it top to bottom: :func:`start` makes the run's Accelerator (the device is resolved once);
-:func:`fit` builds the optimizer over the compiled policy's groups and the warm-up + cosine
+Read it top to bottom: :func:`train` is the whole run: :func:`start` makes the run's Accelerator
+(the device is resolved once); the task's adapter sets up its data and model; :func:`fit` builds the optimizer over the compiled policy's groups and the warm-up + cosine
 schedule, maybe resumes, then for each epoch applies the policy's phase, trains (gradient
 accumulation, clipping, the EMA of the weights), validates, verifies that frozen things did not
 move, keeps the best epoch, logs and checkpoints; at the end the kept weights are back in the model.
-The task's :class:`~headstart.engine.adapter.Adapter` supplies batches, loss and validation; the
-task evaluates on its test split and writes its bundle itself; :func:`finish` closes the run.
+The task's :class:`~headstart.engine.adapter.Adapter` supplies batches, loss and validation, then
+evaluates on its test split and writes its bundle and run files; :func:`finish` closes the run.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from headstart.engine.accelerator import make_accelerator, release_group_at_exit, wrap
-from headstart.engine.adapter import Adapter
+from headstart.engine.adapter import Adapter, Setup
 from headstart.engine.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, settings_diff
 from headstart.engine.config import TrainConfig
 from headstart.engine.ema import WeightEMA
@@ -69,28 +69,31 @@ def finish(run: Run) -> None:
     release_group_at_exit(clean=True)
 
 
-def fit(run: Run, adapter: Adapter, model: nn.Module, compiled, settings: dict[str, Any], train_rows: np.ndarray,
-        extra_state: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train ``model`` under the compiled policy and return the loop's state; the kept weights end up in ``model`` (eval mode).
+def train(config: TrainConfig, adapter: Adapter) -> Any:
+    """Run a task end to end: start, the adapter's setup, the loop, the adapter's conclusion, finish; return the task's result."""
+    run = start(config)
+    setup = adapter.setup(run)
+    state = fit(run, adapter, setup)
+    result = adapter.conclude(run, setup, state)
+    finish(run)
+    line = adapter.closing_line(result, state)
+    if line is not None:
+        run.say(line)
+    return result
 
-    Args:
-        run: The started run.
-        adapter: The task's batches, loss and validation.
-        model: The model, on the run's device; ``compiled`` is its policy.
-        compiled: ``policy.compile(model, lr)``: its ``lr`` is the run's base learning rate.
-        settings: What must match for ``resume`` to continue the run (saved in every checkpoint).
-        train_rows: The training rows (the engine draws each epoch's batches of them).
-        extra_state: The task's own entries of the loop state (saved in checkpoints, restored on resume).
+
+def fit(run: Run, adapter: Adapter, setup: Setup) -> dict[str, Any]:
+    """Train ``setup.model`` under its compiled policy and return the loop's state; the kept weights end up in the model (eval mode).
 
     Returns:
         The loop state: ``history`` (one row per epoch), ``best_epoch``, ``best_value``,
         ``stopped_early``, ``stopped_by_budget``, ``start`` (the start candidate's validation) and
-        ``extra_state``'s entries (as saved, on resume).
+        ``setup.extra_state``'s entries (as saved, on resume).
 
     Raises:
         TrainingDivergedError, OutOfMemoryError, FrozenWeightsChangedError, CheckpointError.
     """
-    return _Loop(run, adapter, model, compiled, settings, train_rows).go(extra_state or {})
+    return _Loop(run, adapter, setup.model, setup.compiled, setup.settings, setup.train_rows).go(setup.extra_state)
 
 
 def _after_epoch(epoch: int) -> None:

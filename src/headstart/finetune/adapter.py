@@ -1,39 +1,50 @@
-"""Classification over the engine: batches of images or texts, label-smoothed cross-entropy, accuracy, the probe head.
+"""Classification over the engine: set-up, batches of images or texts, label-smoothed cross-entropy, accuracy, the bundle.
 
-:class:`ClassificationAdapter` is what :func:`headstart.finetune.finetune` hands the engine; the
-helpers below it fit LP-FT's starting head and score the kept weights on the test split.
+:class:`ClassificationAdapter` is what :func:`headstart.finetune.finetune` hands
+:func:`headstart.engine.train`; the helpers below it fit LP-FT's starting head and score the kept
+weights on the test split.
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import time
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from headstart.backbones import Backbone, load_backbone
+from headstart.bundle import Bundle
+from headstart.data.augment import AugmentConfig
 from headstart.data.dataset import Dataset
-from headstart.engine import Adapter
+from headstart.engine import Adapter, Setup
+from headstart.engine.accelerator import broadcast_from_main
 from headstart.engine.errors import out_of_memory_error
-from headstart.engine.policy import CompiledPolicy
+from headstart.engine.policy import DEFAULT_LR, CompiledPolicy, FinetunePolicy, resolve_policy
 from headstart.evaluate import EvalResult, evaluate
-from headstart.finetune.data import IGNORE, Batcher
-from headstart.models.classifier import FinetuneModel
+from headstart.finetune.data import IGNORE, Batcher, TextBatcher, load_classification_data, split_indices
+from headstart.finetune.result import FinetuneResult, save_run
+from headstart.models.classifier import FinetuneModel, head_to_probe_state
+
+SMALL_VALIDATION = 100  # fewer validation items than this get a note that the epoch choice is noisy
 
 
 class ClassificationAdapter(Adapter):
-    """Single-label classification: what :func:`finetune` trains.
+    """Single-label image or text classification: what :func:`finetune` trains.
 
     Args:
-        batcher: The process's :class:`Batcher` (images) or ``TextBatcher``.
-        val_rows: The validation rows.
-        batch_size: Evaluation batch size.
+        data: A :class:`Dataset` or a source string.
+        backbone: A backbone name or a loaded :class:`Backbone` (its network trains in place; its
+            spec is left alone: the run works on a copy).
+        per_class: With a source string: keep at most this many training items per class.
+        image_size: Input size in pixels (overrides the backbone's).
+        store: Feature store for the LP-FT probe's features.
         label_smoothing: Label smoothing of the training loss.
-        accelerator: The run's Accelerator.
-        spec: The backbone spec (its modality and input size, for the opening line).
-        n_train: Training items (for the opening line).
-        start_candidate: LP-FT: the probe's head is the first candidate for the kept weights.
+        augment: Training augmentations.
+        lora: ``lora_rank``, ``lora_alpha``, ``lora_targets`` for ``strategy="lora"``.
     """
 
     name = "fine-tuning"
@@ -43,17 +54,108 @@ class ClassificationAdapter(Adapter):
     tensorboard = True
     divergence_hint = "Lower --lr (for example by 10x), turn mixed precision off (--mixed-precision no), or keep --max-grad-norm on."
 
-    def __init__(self, batcher, val_rows: np.ndarray, batch_size: int, label_smoothing: float, accelerator, spec, n_train: int,
-                 start_candidate: bool) -> None:
-        self.batcher = batcher
-        self.val_rows = val_rows
-        self.n_val = len(val_rows)
-        self.batch_size = batch_size
-        self.label_smoothing = label_smoothing
-        self.accelerator = accelerator
-        self.spec = spec
-        self.n_train = n_train
-        self.start_candidate = start_candidate
+    def __init__(self, data: Dataset | str, backbone: Backbone | str, *, per_class: int | None, image_size: int | None, store,
+                 label_smoothing: float, augment: AugmentConfig, lora: dict[str, Any]) -> None:
+        self.source, self.backbone_source = data, backbone
+        self.per_class, self.image_size, self.store = per_class, image_size, store
+        self.label_smoothing, self.augment, self.lora = label_smoothing, augment, lora
+
+    # ----- set-up ---------------------------------------------------------------------------------
+
+    def setup(self, run) -> Setup:
+        config = self.config = run.config
+        self.accelerator = run.accelerator
+        data = self.data = load_classification_data(self.source, self.per_class, config.seed)
+        source = self.backbone_source
+        backbone = self.backbone = load_backbone(source) if isinstance(source, str) else copy.copy(source)  # the caller's spec keeps its size
+        backbone.spec = self.spec = backbone.spec.with_input_size(self.image_size)
+        policy = resolve_policy(self.spec, config.epochs, strategy=config.strategy, policy=config.policy, **self.lora)
+        self.lr = DEFAULT_LR.get(policy.strategy, 1e-3) if config.lr is None else float(config.lr)
+        self.rows = split_indices(data, config.val_fraction, config.seed)
+        self.val_rows, self.n_val, self.n_train = self.rows[1], len(self.rows[1]), len(self.rows[0])
+        if 0 < self.n_val < SMALL_VALIDATION:
+            run.say(
+                f"note: the validation split has {self.n_val} items, so one item moves its accuracy by {100 / self.n_val:.1f} points "
+                "and the kept epoch is a noisy choice. With little data, --val-fraction 0 trains on everything for a fixed --epochs "
+                "and keeps the last epoch."
+            )
+        settings = self._settings(policy, run.accelerator.mixed_precision)
+        model, compiled, probe = self._model(run, policy)
+        self.start_candidate = policy.head_init == "probe"
+        self.batcher = self._batcher(run)
+        return Setup(model, compiled, settings, self.rows[0], {"probe_test_accuracy": probe[0], "probe_store_key": probe[1]})
+
+    def _settings(self, policy: FinetunePolicy, precision: str) -> dict[str, Any]:
+        """What must match for ``resume`` to continue the same run."""
+        config, spec, augment = self.config, self.spec, self.augment
+        return {
+            "backbone": spec.name, "weights_sha256": spec.sha256, "image_size": spec.input_size, "data": self.data.fingerprint(),
+            "n_train": self.n_train, "n_val": self.n_val, "policy": policy.to_dict(), "epochs": config.epochs, "lr": self.lr,
+            "batch_size": config.batch_size, "accumulation_steps": config.accumulation_steps, "optimizer": config.optimizer,
+            "warmup_epochs": config.warmup_epochs, "label_smoothing": self.label_smoothing, "max_grad_norm": config.max_grad_norm,
+            "ema_decay": config.ema_decay, "augment": [list(augment.scale), list(augment.ratio), augment.flip, augment.randaugment],
+            "mixed_precision": precision, "seed": config.seed,
+        }
+
+    def _model(self, run, policy: FinetunePolicy):
+        """The model with its head (seeded; LP-FT: the probe's), the compiled policy, and the probe's test accuracy and store key."""
+        seed, resume, accelerator = self.config.seed, self.config.resume, run.accelerator
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        model = FinetuneModel(self.backbone, len(self.data.classes))
+        probe = (None, None)
+        if policy.head_init == "probe" and not resume:
+            probe = init_head_from_probe(model, self.data, self.rows[0], self.rows[2], self.store, seed, accelerator, self.config.quiet)
+        elif policy.head_init == "zeros":
+            torch.nn.init.zeros_(model.head.weight)
+            torch.nn.init.zeros_(model.head.bias)
+        compiled = policy.compile(model, self.lr)
+        model.to(accelerator.device).to(memory_format=torch.channels_last)
+        if policy.head_init == "probe" and not resume:
+            broadcast_from_main(model, accelerator)  # only the main process fitted the probe
+        return model, compiled, probe
+
+    def _batcher(self, run):
+        accelerator, data = run.accelerator, self.data
+        if data.modality == "text":
+            return TextBatcher(data, self.backbone.model, accelerator.process_index, run.world, accelerator.device)
+        return Batcher(data, self.spec, self.augment, self.config.seed, accelerator.process_index, run.world, accelerator.device,
+                       workers(self.config.num_workers, data))
+
+    # ----- the end --------------------------------------------------------------------------------
+
+    def conclude(self, run, setup: Setup, state: dict[str, Any]) -> FinetuneResult:
+        """Test metrics of the kept weights, the bundle (the model moves to the CPU), and the run files on the main process."""
+        from headstart.heads import head_from_state
+
+        model, compiled, data, config = setup.model, setup.compiled, self.data, self.config
+        test = evaluate_test(model, run.accelerator, self.batcher, data, self.rows[2], config.batch_size) if len(self.rows[2]) else None
+        policy, spec = compiled.policy, self.spec
+        arrays, meta = head_to_probe_state(model.head)
+        metrics = {"test": test.to_dict() if test else None, "history": state["history"], "best_epoch": state["best_epoch"]}
+        model.to("cpu")
+        manifest = {"seed": config.seed, "data_fingerprint": setup.settings["data"], "data_source": data.source,
+                    "finetune": {**setup.settings, "strategy": policy.strategy}}
+        bundle = Bundle(spec=spec, head=head_from_state(arrays, meta), classes=list(data.classes), metrics=metrics, manifest=manifest,
+                        backbone=self.backbone, finetuned=not adapters_only(compiled))
+        result = FinetuneResult(
+            backbone=spec.name, strategy=policy.strategy, policy=policy, lr=self.lr, history=state["history"], best_epoch=state["best_epoch"],
+            stopped_early=state["stopped_early"], test=test, probe_test_accuracy=state.get("probe_test_accuracy"), start=state.get("start"),
+            bundle=bundle, bundle_path=None, out=config.out, seconds=time.perf_counter() - run.started, processes=run.world,
+            device=str(run.accelerator.device), mixed_precision=run.accelerator.mixed_precision, model=model,
+        )
+        if run.main and config.out is not None:
+            save_run(result, setup.settings, data, state.get("probe_store_key"), config.resume)
+        return result
+
+    def closing_line(self, result: FinetuneResult, state: dict[str, Any]) -> str:
+        probe, test = result.probe_test_accuracy, result.test
+        tail = f"; probe {probe:.3f}" if probe is not None else ""
+        score = f"test accuracy {test.accuracy:.3f}" if test else "no test split"
+        kept = f"kept epoch {state['best_epoch']}" if state["best_epoch"] >= 0 else "kept the probe's weights (every epoch scored lower on validation)"
+        return f"{kept}: {score}{tail}" + (f"; bundle {result.bundle_path}" if result.bundle_path else "")
+
+    # ----- the loop's hooks -----------------------------------------------------------------------
 
     def train_epoch(self, batches: list[np.ndarray], epoch: int):
         return self.batcher.train_epoch(batches, epoch)
@@ -79,7 +181,7 @@ class ClassificationAdapter(Adapter):
     def validate(self, model) -> tuple[float | None, dict[str, Any]]:
         if not self.n_val:
             return None, {"val_loss": None, "val_accuracy": None}
-        loss, accuracy = _validate(model, self.accelerator, self.batcher, self.val_rows, self.batch_size)
+        loss, accuracy = _validate(model, self.accelerator, self.batcher, self.val_rows, self.config.batch_size)
         return accuracy, {"val_loss": loss, "val_accuracy": accuracy}
 
     def history_row(self, base, train, val, times, steps, best):

@@ -26,7 +26,7 @@ _LAZY = {
     "build_segmenter": "headstart.models.segmentation",
     "train_detector": "headstart.tasks.train",
     "train_segmenter": "headstart.tasks.train",
-    "TaskResult": "headstart.tasks.train",
+    "TaskResult": "headstart.tasks.result",
     "SceneLoader": "headstart.tasks.adapter",
     "evaluate_scenes": "headstart.tasks.adapter",
     "TaskBundle": "headstart.tasks.bundles",

@@ -1,23 +1,30 @@
 """Detection and segmentation over the engine: seeded scene batches with flips, the task's loss, mAP@0.5 or mIoU.
 
 :class:`SceneAdapter` is what :func:`~headstart.tasks.train.train_detector` and
-:func:`~headstart.tasks.train.train_segmenter` hand the engine. :class:`SceneLoader` and
+:func:`~headstart.tasks.train.train_segmenter` hand :func:`headstart.engine.train`: it loads the
+scenes, builds the model, feeds the loop, then tests the kept weights and writes the bundle and the
+run files. :class:`SceneLoader` and
 :func:`evaluate_scenes` also serve ``headstart detect evaluate`` / ``segment evaluate``.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from headstart.backbones import load_backbone
 from headstart.data.augment import sample_seed
-from headstart.data.scenes import SceneSet
-from headstart.engine import Adapter
-from headstart.errors import DataError
+from headstart.data.scenes import SceneSet, load_scenes
+from headstart.engine import Adapter, Setup
+from headstart.engine.policy import resolve_policy
+from headstart.errors import DataError, HeadstartError
+from headstart.tasks.bundles import TaskBundle
+from headstart.tasks.result import TaskResult, save_run
 
 VAL_METRIC = {"detection": "map_50", "segmentation": "miou"}
 
@@ -27,18 +34,82 @@ class SceneAdapter(Adapter):
 
     Args:
         task: ``detection`` or ``segmentation``.
-        scenes: The scenes.
-        loader: Their decoded images and training batches.
-        rows: Train, validation and test rows.
-        size: The image size the model works at (for the opening line).
+        data: A :class:`SceneSet` or a source for :func:`load_scenes`.
+        backbone: A backbone name or a loaded :class:`Backbone` (its modules train in place).
+        build: ``build(backbone, scenes, size)``: the task's model (a detector or a segmenter).
+        image_size: The size the model works at; None: :func:`default_size`.
+        trainable_stages: The last K stages train (see :func:`headstart.engine.resolve_policy`).
+        extra: The model's settings (architecture, widths), recorded with the run's settings.
     """
 
-    def __init__(self, task: str, scenes: SceneSet, loader: SceneLoader, rows, size: int) -> None:
+    def __init__(self, task: str, data, backbone, build, *, image_size: int | None, trainable_stages: int | None, extra: dict[str, Any]) -> None:
         self.name = self.task = task
         self.score_name = self.metric = VAL_METRIC[task]
-        self.scenes, self.loader, self.size = scenes, loader, size
-        self.n_train, self.val_rows, self.n_test = len(rows[0]), rows[1], len(rows[2])
-        self.n_val = len(rows[1])
+        self.source, self.backbone_source, self.build = data, backbone, build
+        self.image_size, self.trainable_stages, self.extra = image_size, trainable_stages, extra
+
+    # ----- set-up ---------------------------------------------------------------------------------
+
+    def setup(self, run) -> Setup:
+        if run.world > 1:
+            raise HeadstartError("Detection and segmentation training runs in one process for now; start it without accelerate launch / torchrun.")
+        config, task = run.config, self.task
+        seed, device = config.seed, run.accelerator.device
+        scenes = self.source if isinstance(self.source, SceneSet) else load_scenes(self.source, seed=seed)
+        if task == "segmentation":
+            scenes = scenes.with_masks()
+        self.scenes = scenes
+        self.rows = rows = split_scenes(scenes, config.val_fraction, seed)
+        self.n_train, self.val_rows, self.n_val, self.n_test = len(rows[0]), rows[1], len(rows[1]), len(rows[2])
+        backbone = load_backbone(self.backbone_source) if isinstance(self.backbone_source, str) else self.backbone_source
+        spec = backbone.spec
+        self.size = self.image_size or default_size(scenes, rows[0], task)
+        torch.manual_seed(seed)
+        model = self.build(backbone, scenes, self.size)
+        policy = resolve_policy(spec, config.epochs, task=task, strategy=config.strategy, policy=config.policy, trainable_stages=self.trainable_stages)
+        compiled = policy.compile(model, config.lr)
+        model.to(device)
+        settings = {
+            "task": task, "backbone": spec.name, "weights_sha256": spec.sha256, "image_size": self.size, "data": scenes.fingerprint(),
+            "n_train": self.n_train, "n_val": self.n_val, "policy": policy.to_dict(), "epochs": config.epochs, "lr": config.lr,
+            "batch_size": config.batch_size, "optimizer": config.optimizer, "warmup_epochs": config.warmup_epochs,
+            "max_grad_norm": config.max_grad_norm, "mixed_precision": run.accelerator.mixed_precision, "seed": seed, **self.extra,
+        }
+        self.loader = SceneLoader(task, scenes, self.size, seed, device)
+        return Setup(model, compiled, settings, rows[0])
+
+    # ----- the end --------------------------------------------------------------------------------
+
+    def conclude(self, run, setup: Setup, state: dict[str, Any]) -> TaskResult:
+        """Test metrics of the kept weights, the bundle, and the run files."""
+        task, scenes, model, settings = self.task, self.scenes, setup.model, setup.settings
+        test = evaluate_scenes(task, model, scenes, self.rows[2], self.loader) if self.n_test else None
+        model.to("cpu")
+        spec = model.backbone.spec
+        classes = scenes.classes if task == "detection" else scenes.mask_classes
+        problems = [p.to_dict() for p in scenes.problems]
+        metrics = {"test": test, "history": state["history"], "best_epoch": state["best_epoch"], "synthetic_data": scenes.synthetic}
+        manifest = {"seed": settings["seed"], "data_source": scenes.source, "data_fingerprint": settings["data"], "train": settings, "skipped_items": len(problems)}
+        bundle = TaskBundle(task, spec, model.config, classes, model=model, metrics=metrics, manifest=manifest, ignore_index=scenes.ignore_index)
+        result = TaskResult(
+            task=task, backbone=spec.name, policy=setup.compiled.policy, lr=settings["lr"], history=state["history"], best_epoch=state["best_epoch"],
+            test=test, val_metric=self.metric, stopped_by_budget=state["stopped_by_budget"], cpu_seconds=time.process_time() - run.cpu_started,
+            seconds=time.perf_counter() - run.started, problems=problems, bundle=bundle, bundle_path=None, out=run.config.out,
+            dataset=scenes.dataset_summary(),
+        )
+        if run.config.out is not None:
+            save_run(result, settings, scenes, self.rows, self.loader, run.accelerator.device, run.config.resume)
+        return result
+
+    def closing_line(self, result: TaskResult, state: dict[str, Any]) -> str | None:
+        test = result.test
+        if test is None:
+            return None
+        headline = (f"test mAP {_fmt(test['map'])}, mAP@0.5 {_fmt(test['map_50'])}" if self.task == "detection"
+                    else f"test mIoU {_fmt(test['miou'])}, pixel accuracy {_fmt(test['pixel_accuracy'])}")
+        return f"kept epoch {state['best_epoch']}: {headline}" + (f"; bundle {result.bundle_path}" if result.bundle_path else "")
+
+    # ----- the loop's hooks -----------------------------------------------------------------------
 
     def train_epoch(self, batches: list[np.ndarray], epoch: int):
         return ((rows, epoch) for rows in batches)  # decoded in loss(), under autocast
@@ -178,3 +249,7 @@ def default_size(scenes: SceneSet, rows: np.ndarray, task: str) -> int:
 def _describe_model(model) -> str:
     config = model.config
     return f"{config['arch']} + FPN" if "arch" in config else f"{config['head']} decoder"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
