@@ -22,7 +22,8 @@ torch.set_num_threads(1)
 atexit.register(lambda: print(f"process group at exit: {'alive' if dist.is_initialized() else 'none'}", file=sys.stderr))
 
 from headstart.data import load_data
-from headstart.finetune import loop
+from headstart.engine import loop
+from headstart.finetune import finetune
 
 
 def main() -> None:
@@ -51,7 +52,7 @@ def main() -> None:
         loop.save_checkpoint = save_then_die
 
     data = load_data(args.data, seed=0)
-    loop.finetune(
+    finetune(
         data, args.backbone, strategy=args.strategy, policy=args.policy, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, ema_decay=args.ema_decay, image_size=32, seed=0, out=args.out, resume=args.resume, device="cpu", quiet=True,
     )

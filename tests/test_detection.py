@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from headstart.backbones import load_backbone
 from headstart.finetune import PolicyError
 from headstart.tasks import animal_scenes, build_detector, detection_metrics, train_detector
-from headstart.tasks.train import task_policy
+from headstart.engine import resolve_policy
 
 TINY = "timm:test_efficientnet@random"
 
@@ -93,15 +93,15 @@ def test_detector_reuses_backbone_modules_and_names():
 def test_policy_head_and_stages_on_a_detector():
     backbone = load_backbone(TINY)
     model = build_detector(backbone, num_classes=3, image_size=64, fpn_channels=32)
-    policy = task_policy(None, None, 1, backbone.spec, epochs=2)
+    policy = resolve_policy(backbone.spec, 2, task="detection", trainable_stages=1)
     trainable, _ = policy.compile(model, 1e-3).phase(0)
     assert all(n in trainable for n in model.policy_parameters() if n.startswith("head."))  # 'head' is every new part
     assert any(n.startswith("blocks.4.") for n in trainable)  # the last stage the trunk uses
     assert not any(n.startswith(("conv_stem", "blocks.3.")) for n in trainable)
     with pytest.raises(PolicyError, match="linear probe"):
-        task_policy("lp-ft", None, None, backbone.spec, epochs=2)
+        resolve_policy(backbone.spec, 2, task="detection", strategy="lp-ft")
     with pytest.raises(PolicyError, match="not strategy and trainable_stages"):
-        task_policy("full", None, 1, backbone.spec, epochs=2)
+        resolve_policy(backbone.spec, 2, task="detection", strategy="full", trainable_stages=1)
 
 
 @pytest.mark.parametrize("arch", ["retinanet", "fcos"])
@@ -202,7 +202,7 @@ def _assert_run_files(out, result, scenes):
 @pytest.mark.slow
 def test_resume_is_exact(scenes, tmp_path, monkeypatch):
     straight = _train(scenes, tmp_path / "straight", epochs=2)
-    import headstart.tasks.train as train_module
+    import headstart.engine.loop as train_module
 
     def stop(epoch):
         if epoch == 1:

@@ -28,8 +28,10 @@ from headstart.finetune import (
     TrainingDivergedError,
     finetune,
 )
-from headstart.finetune import loop
-from headstart.finetune.data import split_indices, train_batches
+from headstart.engine import CheckpointError, train_batches
+from headstart.finetune import adapter as classification
+from headstart.finetune.data import split_indices
+from headstart.finetune.adapter import SMALL_VALIDATION
 from headstart.models.classifier import is_batchnorm
 
 from conftest import TINY_BACKBONE, report_sections
@@ -90,6 +92,17 @@ def test_frozen_parameters_and_bn_statistics_do_not_move(data):
     assert not torch.equal(before["blocks.4.0.bn1.running_var"], after["blocks.4.0.bn1.running_var"])
     assert not torch.equal(before["conv_head.weight"], after["conv_head.weight"])
     assert [row["trainable_params"] for row in result.history] == [result.history[0]["trainable_params"]] * 2
+
+
+def test_finetune_trains_the_callers_backbone_but_leaves_its_spec_alone(data):
+    """image_size applies to the run (its copy of the spec), not to the Backbone the caller passed in."""
+    backbone = load_backbone(TINY_BACKBONE)
+    size = backbone.spec.input_size
+    assert size != 32
+    result = finetune(data, backbone, strategy="full", epochs=1, image_size=32, quiet=True)
+    assert backbone.spec.input_size == size
+    assert result.bundle.spec.input_size == 32 and result.model.backbone.spec.input_size == 32
+    assert result.model.backbone.model is backbone.model  # the network itself is trained in place, as documented
 
 
 def test_stats_frozen_keeps_every_running_statistic_but_trains_affine(data):
@@ -173,9 +186,9 @@ def test_resume_after_kill_ends_with_the_same_weights(npz, tmp_path):
 def test_resume_with_other_settings_is_refused(data, tmp_path):
     out = tmp_path / "run"
     finetune(data, TINY_BACKBONE, strategy="full", epochs=1, image_size=32, out=out, quiet=True)
-    with pytest.raises(loop.CheckpointError, match=r"lr: checkpoint 0\.001, now 0\.002"):
+    with pytest.raises(CheckpointError, match=r"lr: checkpoint 0\.001, now 0\.002"):
         finetune(data, TINY_BACKBONE, strategy="full", epochs=1, lr=2e-3, image_size=32, out=out, resume=True, quiet=True)
-    with pytest.raises(loop.CheckpointError, match="No checkpoint"):
+    with pytest.raises(CheckpointError, match="No checkpoint"):
         finetune(data, TINY_BACKBONE, strategy="full", epochs=1, image_size=32, out=tmp_path / "empty", resume=True, quiet=True)
 
 
@@ -219,7 +232,7 @@ def test_a_frozen_weight_changed_by_outside_code_is_caught(data, monkeypatch):
 
 def test_early_stopping_keeps_the_best_epoch(data, monkeypatch):
     scores = iter([(0.9, 0.5), (0.8, 0.6), (0.7, 0.55), (0.6, 0.58)])  # (loss, accuracy): accuracy decides
-    monkeypatch.setattr(loop, "_validate", lambda *args: next(scores))
+    monkeypatch.setattr(classification, "_validate", lambda *args: next(scores))
     result = finetune(data, TINY_BACKBONE, strategy="full", epochs=6, patience=2, image_size=32, quiet=True)
     assert result.stopped_early and len(result.history) == 4
     assert result.best_epoch == 1 and [row["best"] for row in result.history] == [True, True, False, False]
@@ -227,14 +240,14 @@ def test_early_stopping_keeps_the_best_epoch(data, monkeypatch):
 
 def test_a_validation_tie_goes_to_the_later_epoch(data, monkeypatch):
     scores = iter([(0.5, 0.8), (0.9, 0.8), (0.4, 0.7)])  # a tie in accuracy, whatever the loss
-    monkeypatch.setattr(loop, "_validate", lambda *args: next(scores))
+    monkeypatch.setattr(classification, "_validate", lambda *args: next(scores))
     result = finetune(data, TINY_BACKBONE, strategy="full", epochs=3, image_size=32, quiet=True)
     assert result.best_epoch == 1 and [row["best"] for row in result.history] == [True, True, False]
 
 
 def test_a_small_validation_split_gets_a_note_that_the_epoch_choice_is_noisy(data, capsys):
     n_val = len(split_indices(data, 0.1, 0)[1])
-    assert 0 < n_val < loop.SMALL_VALIDATION
+    assert 0 < n_val < SMALL_VALIDATION
     finetune(data, TINY_BACKBONE, strategy="full", epochs=1, image_size=32)
     message = " ".join(capsys.readouterr().err.split())
     assert f"validation split has {n_val} items" in message and "--val-fraction 0" in message
@@ -244,7 +257,7 @@ def test_a_small_validation_split_gets_a_note_that_the_epoch_choice_is_noisy(dat
 
 def test_lp_ft_keeps_the_probe_when_fine_tuning_does_not_beat_it(data, tmp_path, monkeypatch):
     scores = iter([(0.3, 0.9), (0.5, 0.8), (0.2, 0.85)])  # (loss, accuracy): the start, then epochs 0 and 1
-    monkeypatch.setattr(loop, "_validate", lambda *args: next(scores))
+    monkeypatch.setattr(classification, "_validate", lambda *args: next(scores))
     result = finetune(data, TINY_BACKBONE, strategy="lp-ft", epochs=5, patience=2, image_size=32, out=tmp_path / "run", quiet=True)
     assert result.best_epoch == -1 and result.start == {"val_loss": 0.3, "val_accuracy": 0.9}
     assert result.stopped_early and [row["best"] for row in result.history] == [False, False]
@@ -367,7 +380,7 @@ def test_gradient_accumulation_matches_one_big_batch(data, monkeypatch):
 
 
 def test_weight_ema_is_what_lp_ft_validates_and_keeps(data, tmp_path):
-    from headstart.finetune.ema import WeightEMA
+    from headstart.engine.ema import WeightEMA
 
     live = torch.nn.BatchNorm1d(3)
     average = WeightEMA(live, decay=0.75)

@@ -656,6 +656,24 @@ def test_lora_policy_trains_only_adapters_and_head(tiny_bert):
         FinetunePolicy(trainable=("head", "*.lora_*"), lora_rank=4, lora_targets=("qkv",)).compile(FinetuneModel(load_backbone(f"hf:{tiny_bert}"), 2), 1e-3)
 
 
+def test_finetune_explain_shows_the_lora_plan_of_lora_rank(tiny_bert):
+    """``finetune --explain`` resolves the policy as finetune() does, so --lora-rank changes the adapters it shows."""
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    runner = CliRunner()
+    plans = {}
+    for rank in (4, 8):
+        args = ["finetune", "unused", "--backbone", f"hf:{tiny_bert}", "--strategy", "lora", "--lora-rank", str(rank), "--epochs", "2", "--explain"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        plans[rank] = result.stdout
+    # 2 targets (query, value) x (lora_A + lora_B) = 2 x 2 x 32 x rank adapter parameters train in each of the 2 layers
+    assert plans[4].count(" 512 │") == 2 and "1,024" not in plans[4]
+    assert plans[8].count(" 1,024 │") == 2
+
+
 def test_finetune_text_last_layer_then_predict(tiny_bert, tmp_path):
     from headstart.bundles import Bundle
     from headstart.finetune import FinetunePolicy, finetune

@@ -53,7 +53,7 @@ def finetune_cmd(
     from headstart.finetune import finetune
 
     if explain:
-        _explain(backbone, strategy, policy, epochs, lr, image_size, data)
+        _explain(backbone, strategy, policy, epochs, lr, image_size, (lora_rank, lora_alpha, lora_targets))
         return
     if out is None:
         if resume:
@@ -105,15 +105,16 @@ def finetune_cmd(
         console.print(f"report: {result.out / 'report.html'}")
 
 
-def _explain(backbone: str, strategy, policy, epochs: int, lr, image_size, data) -> None:
-    """Print the plan without training (the data is not read)."""
+def _explain(backbone: str, strategy, policy, epochs: int, lr, image_size, lora: tuple[int, float, str]) -> None:
+    """Print the plan without training (the data is not read); the policy is resolved as ``finetune`` resolves it, LoRA settings included."""
     from headstart.backbones import load_backbone
-    from headstart.finetune import FinetuneModel
-    from headstart.finetune.loop import DEFAULT_LR, _resolve_policy
+    from headstart.finetune import DEFAULT_LR, FinetuneModel, resolve_policy
 
     loaded = load_backbone(backbone)
     loaded.spec = loaded.spec.with_input_size(image_size)
-    resolved = _resolve_policy(strategy, policy, loaded.spec, epochs)
+    rank, alpha, targets = lora
+    resolved = resolve_policy(loaded.spec, epochs, strategy=strategy, policy=policy, lora_rank=rank, lora_alpha=alpha,
+                              lora_targets=tuple(t.strip() for t in targets.split(",") if t.strip()))
     model = FinetuneModel(loaded, 2)
     rate = DEFAULT_LR.get(resolved.strategy, 1e-3) if lr is None else lr
     for epoch in [0, *resolved.unfreeze]:

@@ -122,7 +122,7 @@ def evaluate_cmd(
     from headstart.errors import DataError
     from headstart.bundles import TaskBundle
     from headstart.data.scenes import load_scenes
-    from headstart.tasks.train import _evaluate, _Loader
+    from headstart.tasks.adapter import SceneLoader, evaluate_scenes
 
     loaded = TaskBundle.load(bundle)
     scenes = load_scenes(data, seed=seed)
@@ -134,7 +134,7 @@ def evaluate_cmd(
     rows = list(range(len(scenes))) if split == "all" else scenes.indices(split)
     if not len(rows):
         raise DataError(f"{data} has no {split} images; choose --split train, val, test or all.")
-    metrics = _evaluate(loaded.task, loaded.model, scenes, rows, _Loader(loaded.task, scenes, int(loaded.config["image_size"]), seed, "cpu"))
+    metrics = evaluate_scenes(loaded.task, loaded.model, scenes, rows, SceneLoader(loaded.task, scenes, int(loaded.config["image_size"]), seed, "cpu"))
     _report_problems(scenes.problems)
     if json_out:
         print_json({"task": loaded.task, "split": split, "images": len(rows), "metrics": metrics, "problems": [p.to_dict() for p in scenes.problems]})

@@ -9,6 +9,7 @@ uninterrupted one.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +21,21 @@ from headstart.errors import DataError
 from headstart.data.augment import AugmentConfig, augment_batch, pil_train_transform, sample_seed
 
 IGNORE = -100  # label of a file that failed to decode: CrossEntropyLoss skips it
+
+
+def load_classification_data(data: Dataset | str, per_class: int | None, seed: int) -> Dataset:
+    """A Dataset for fine-tuning: loaded from a source string (subsampled to ``per_class``), checked to be single-label image or text classification."""
+    if isinstance(data, (str, Path)):
+        from headstart.data import load_data
+
+        data = load_data(str(data), per_class=per_class, seed=seed)
+    elif per_class is not None:
+        raise ValueError("per_class applies when data is a source string; subsample a Dataset with load_data(..., per_class=N).")
+    if data.modality not in ("image", "text"):
+        raise DataError(f"{data.source} is {data.modality} data; fine-tuning supports image and text classification.")
+    if data.multilabel:
+        raise DataError(f"{data.source} is multi-label; fine-tuning supports single-label classification. Probe it with headstart probe.")
+    return data
 
 
 def split_indices(data: Dataset, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -37,16 +53,6 @@ def split_indices(data: Dataset, val_fraction: float, seed: int) -> tuple[np.nda
         kept, held = stratified_split(data.labels[train], val_fraction, seed + 7, data.classes, what="validation")
         train, val = train[kept], train[held]
     return train, val, test
-
-
-def train_batches(rows: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The epoch's global batches: a seeded shuffle, full batches only (unless there is less than one)."""
-    generator = torch.Generator().manual_seed(sample_seed(seed, epoch, -1))
-    order = rows[torch.randperm(len(rows), generator=generator).numpy()]
-    if len(order) <= batch_size:
-        return [order]
-    n_full = len(order) // batch_size
-    return [order[i * batch_size : (i + 1) * batch_size] for i in range(n_full)]
 
 
 class _Files(torch.utils.data.Dataset):

@@ -1,0 +1,119 @@
+"""``finetune()``: classification fine-tuning, the engine's classification adapter put to work.
+
+:func:`headstart.engine.train` runs it: the :class:`~headstart.finetune.adapter.ClassificationAdapter`
+sets up data, backbone, policy, model and head; the engine's loop trains; the adapter evaluates the
+kept weights on the test split and saves a bundle that ``headstart predict`` uses unchanged, with the
+run's files (metrics, manifest, report).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from headstart import engine
+from headstart.backbones import Backbone
+from headstart.data.augment import AugmentConfig
+from headstart.data.dataset import Dataset
+from headstart.engine.policy import DEFAULT_LR, FinetunePolicy
+from headstart.features import FeatureStore
+from headstart.finetune.adapter import ClassificationAdapter
+from headstart.finetune.result import FinetuneResult
+
+
+def finetune(
+    data: Dataset | str,
+    backbone: Backbone | str,
+    *,
+    strategy: str | None = None,
+    policy: FinetunePolicy | str | Path | None = None,
+    epochs: int = 10,
+    lr: float | None = None,
+    batch_size: int = 32,
+    accumulation_steps: int = 1,
+    optimizer: str = "adamw",
+    warmup_epochs: float = 1.0,
+    label_smoothing: float = 0.1,
+    max_grad_norm: float | None = 1.0,
+    ema_decay: float | None = None,
+    patience: int | None = 5,
+    val_fraction: float = 0.1,
+    crop_scale: tuple[float, float] = (0.35, 1.0),
+    randaugment: bool = False,
+    mixed_precision: str = "auto",
+    per_class: int | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    resume: bool = False,
+    store: FeatureStore | None = None,
+    device: str = "auto",
+    num_workers: int | None = None,
+    lora_rank: int = 8,
+    lora_alpha: float = 16.0,
+    lora_targets: tuple[str, ...] = ("query", "value"),
+    quiet: bool = False,
+) -> FinetuneResult:
+    """Fine-tune a backbone with a new linear head, and return (and save) the best model as a bundle.
+
+    Args:
+        data: A :class:`Dataset`, or a source for :func:`headstart.load_data` (``builtin:animal-mnist``,
+            a folder, a manifest).
+        backbone: A backbone name (``tv:mobilenet_v2.IMAGENET1K_V1``) or a loaded :class:`Backbone`
+            (trained in place).
+        strategy: ``lp-ft`` (the default), ``linear-then-full``, ``last-stage``, ``gradual`` or
+            ``full``; see :func:`headstart.finetune.strategy_policy`.
+        policy: A :class:`FinetunePolicy` or a YAML file of one, instead of a strategy.
+        epochs: Most epochs to train.
+        lr: The head's learning rate (other groups scale it by the policy); None takes the
+            strategy's default (1e-4 for lp-ft, 3e-3 for lora, 1e-3 otherwise).
+        batch_size: Global batch size per step, split across processes.
+        accumulation_steps: Batches per optimizer step (the effective batch is their product).
+        optimizer: ``adamw`` or ``sgd`` (momentum 0.9, Nesterov).
+        warmup_epochs: Linear warm-up length before the cosine decay, in epochs.
+        label_smoothing: Label smoothing of the cross-entropy loss.
+        max_grad_norm: Clip the gradient norm to this; None turns clipping off.
+        ema_decay: Validate, keep and save an exponential moving average of the weights, with this
+            decay per optimizer step (0.99 averages over about 100 steps); None or 0 turns it off. It
+            smooths AdamW's noisy first steps (a 2-epoch LP-FT on Animal-MNIST: 0.850 test accuracy
+            without, 0.900 with 0.99), but lags behind in longer runs (5 epochs: 0.912 with, 0.934 without).
+        patience: Stop after this many epochs without a better validation accuracy; None never stops early.
+        val_fraction: Share of each class held out for validation when the data has no ``val`` split.
+        crop_scale: Area range of the random resized crop.
+        randaugment: Add RandAugment to the training augmentations.
+        mixed_precision: ``auto`` (bf16 on GPUs that have it, else fp16; none on CPUs), ``no``, ``bf16`` or ``fp16``.
+        per_class: With a source string: keep at most this many training items per class.
+        image_size: Input size in pixels (overrides the backbone's).
+        seed: Seed for the split, the head, the shuffles and the augmentations.
+        out: Run directory for checkpoints, logs (CSV, TensorBoard), metrics and the bundle. None
+            keeps everything in memory (and nothing to resume from).
+        resume: Continue the run in ``out`` from its last checkpoint.
+        store: Feature store for the LP-FT probe's features (default: ``$HEADSTART_CACHE``).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        num_workers: DataLoader workers for image files; None picks up to 8.
+        lora_rank: With ``strategy="lora"``: the adapters' rank.
+        lora_alpha: With ``strategy="lora"``: the adapters' scaling numerator (updates scale by alpha / rank).
+        lora_targets: With ``strategy="lora"``: module name suffixes of the linear layers to adapt.
+        quiet: No per-epoch lines on the console.
+
+    Returns:
+        A :class:`FinetuneResult`; ``result.bundle`` predicts like any bundle.
+
+    Raises:
+        PolicyError: The policy does not fit the model (a pattern that matches nothing, nothing trainable).
+        TrainingDivergedError: The loss became NaN or infinite (the last good checkpoint is kept).
+        OutOfMemoryError: The GPU ran out of memory (the message suggests a batch size).
+        FrozenWeightsChangedError: A frozen weight or BatchNorm statistic changed.
+        CheckpointError: ``resume`` without a checkpoint, or with different settings.
+    """
+    config = engine.TrainConfig.from_options(dict(locals()), nesterov=True)
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}.")
+    adapter = ClassificationAdapter(
+        data, backbone, per_class=per_class, image_size=image_size, store=store, label_smoothing=label_smoothing,
+        augment=AugmentConfig(scale=tuple(crop_scale), randaugment=randaugment),
+        lora={"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_targets": tuple(lora_targets)},
+    )
+    return engine.train(config, adapter)
+
+
+__all__ = ["DEFAULT_LR", "FinetuneResult", "finetune"]
