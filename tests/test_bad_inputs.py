@@ -298,7 +298,6 @@ def test_every_case_is_in_the_catalogue(inputs):
 # ----- cases that read a run back ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fix pending")
 def test_predict_takes_a_run_directory_and_says_which_bundle(probe_run, monkeypatch, capsys):
     image = probe_run.parent / "one.png"
     _image(3, size=8).save(image)
@@ -318,7 +317,6 @@ def test_predict_with_a_malformed_bundle_json(probe_run, tmp_path, monkeypatch, 
     check(Case([], 2, ["bundle.json"]), code, out, err)
 
 
-@pytest.mark.xfail(strict=True, reason="fix pending")
 def test_predict_with_a_corrupt_head(probe_run, tmp_path, monkeypatch, capsys):
     import shutil
 
