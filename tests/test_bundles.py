@@ -207,15 +207,15 @@ def test_a_task_bundle_with_a_bad_model_field_or_file_is_damaged(tmp_path):
     path = _task_bundle("detection").save(tmp_path / "det")
     _edit(path, model={"num_classes": 2})
     with pytest.raises(DataError, match="'model' field does not describe a detection network"):
-        load_bundle(path).model
+        _ = load_bundle(path).model
     path = _task_bundle("detection").save(tmp_path / "det2")
     weights = path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:40])
     with pytest.raises(WeightsMismatchError, match="model.safetensors.*damaged"):
-        load_bundle(path).model
+        _ = load_bundle(path).model
     _edit(path, model_sha256=sha256_file(weights))  # the record matches the truncated file: reading it fails
     with pytest.raises(DataError, match="model.safetensors cannot be read .*SafetensorError.*damaged"):
-        load_bundle(path).model
+        _ = load_bundle(path).model
 
 
 def test_a_corrupt_head_is_one_data_error(classifier, tmp_path):
@@ -240,13 +240,13 @@ def test_truncated_backbone_or_adapter_weights_are_damaged(classifier, tmp_path,
     weights = path / filename
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(WeightsMismatchError, match=f"{filename} has sha256 .* not the recorded .*damaged"):
-        load_bundle(path).backbone
+        _ = load_bundle(path).backbone
     key = "adapter" if filename == "adapter.safetensors" else "finetuned_backbone_sha256"
     document = json.loads((path / "bundle.json").read_text())
     recorded = {**document[key], "sha256": sha256_file(weights)} if key == "adapter" else sha256_file(weights)
     _edit(path, **{key: recorded})
     with pytest.raises(DataError, match=f"{filename} cannot be read.*damaged"):
-        load_bundle(path).backbone
+        _ = load_bundle(path).backbone
 
 
 def test_a_finetuned_bundle_loads_its_own_backbone(classifier, tmp_path):
@@ -266,7 +266,7 @@ def test_the_recorded_backbone_sha256_is_checked_before_the_weights_are_read(cla
 
     monkeypatch.setattr(torch, "load", refuse)
     with pytest.raises(WeightsMismatchError) as info:
-        load_bundle(path).backbone
+        _ = load_bundle(path).backbone
     message = str(info.value)
     assert str(path) in message and "0" * 64 in message and "not loaded" in message
 

@@ -147,7 +147,7 @@ def _download(cfg) -> str | None:
     for filename in ("model.safetensors", "pytorch_model.bin"):
         try:
             return hf_hub_download(hub_id, filename)
-        except Exception:  # noqa: BLE001 - a missing file or the network: try the next, then timm's own download
+        except Exception:  # noqa: BLE001, S112 - a missing file or the network: try the next, then timm's own download
             continue
     return None
 
