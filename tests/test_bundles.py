@@ -183,6 +183,8 @@ _DROP = object()
         ("backbone", {"name": "tv:x"}, "'backbone' field is not a backbone spec"),
         ("adapter", {"rank": 8}, "'adapter' field has no 'sha256'"),
         ("head", {"kind": "no-such-head"}, "does not fit the 'head' field"),
+        ("classes", None, "'classes' field is a null, not a list"),
+        ("format", "1", "'format' field is a str"),
     ],
 )
 def test_a_damaged_classification_bundle_json_names_the_field(classifier, tmp_path, field, value, words):

@@ -84,7 +84,8 @@ def require_fields(document: dict[str, Any], path: str | Path, required: dict[st
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             wanted = " or ".join("null" if t is type(None) else t.__name__ for t in kinds)
-            raise DataError(f"{where}: the {name!r} field is a {type(value).__name__}, not a {wanted}; {DAMAGED}.")
+            found = "null" if value is None else type(value).__name__
+            raise DataError(f"{where}: the {name!r} field is a {found}, not a {wanted}; {DAMAGED}.")
 
 
 def read_document(path: str | Path, hint: str = "Give the --out folder of a probe, finetune, detect or segment run.") -> dict[str, Any]:
@@ -118,7 +119,10 @@ def check_format(document: dict[str, Any], path: str | Path) -> None:
     Raises:
         DataError: Its ``format`` is newer than :data:`BUNDLE_FORMAT`.
     """
-    if document.get("format", 0) > BUNDLE_FORMAT:
+    version = document.get("format", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise DataError(f"{Path(path) / 'bundle.json'}: the 'format' field is a {type(version).__name__}, not a number; {DAMAGED}.")
+    if version > BUNDLE_FORMAT:
         raise DataError(f"{path} was written by a newer headstart (format {document['format']}); upgrade headstart.")
 
 
