@@ -110,7 +110,7 @@ def ranked(blobs):
     candidates = [blobs["noise"], RANDOM_CNN, f"{RANDOM_CNN}#layer1", blobs["missing"], blobs["grid"]]
     return rank_backbones(
         candidates, blobs["data"], scores=("logme", "leep", "nce", "linear", "knn"), sample=48, image_size=32,
-        store=blobs["store"], quiet=True,
+        store=blobs["store"], quiet=True, allow_torchscript=True,
     )
 
 
@@ -325,13 +325,15 @@ def test_write_rank_json_and_csv(ranked, tmp_path):
 
 def test_subsample_reuses_whole_dataset_features_from_the_store(blobs, tmp_path):
     store = FeatureStore(tmp_path / "store")
-    first = rank_backbones([blobs["grid"]], blobs["data"], scores=("logme",), sample=30, cost=False, store=store, quiet=True)
-    again = rank_backbones([blobs["grid"]], blobs["data"], scores=("logme",), sample=30, cost=False, store=store, quiet=True)
+    first = rank_backbones([blobs["grid"]], blobs["data"], scores=("logme",), sample=30, cost=False, store=store, quiet=True, allow_torchscript=True)
+    again = rank_backbones([blobs["grid"]], blobs["data"], scores=("logme",), sample=30, cost=False, store=store, quiet=True, allow_torchscript=True)
     assert not first.rows[0].store_hit and again.rows[0].store_hit
     assert again.rows[0].scores == first.rows[0].scores
     # After the whole dataset is extracted (as a probe run does), the subsample reads those rows back.
-    extract(blobs["grid"], blobs["data"], store=store, quiet=True)
-    reused = rank_backbones([blobs["grid"]], blobs["data"], scores=("logme",), sample=30, seed=1, cost=False, store=store, quiet=True)
+    extract(blobs["grid"], blobs["data"], store=store, quiet=True, allow_torchscript=True)
+    reused = rank_backbones(
+        [blobs["grid"]], blobs["data"], scores=("logme",), sample=30, seed=1, cost=False, store=store, quiet=True, allow_torchscript=True
+    )
     assert reused.rows[0].store_hit
 
 
@@ -354,6 +356,15 @@ def test_bad_input_gives_clear_errors(blobs):
     assert set(ALL_SCORES) >= {"logme", "leep", "nleep", "nce", "hscore", "hscore_shrinkage", "linear", "knn"}
 
 
+def test_torchscript_candidates_need_the_opt_in(blobs, tmp_path):
+    table = rank_backbones(
+        [blobs["grid"], RANDOM_CNN], blobs["data"], scores=("logme",), sample=30, cost=False, store=FeatureStore(tmp_path / "s"), quiet=True
+    )
+    assert [row.backbone for row in table.rows] == [RANDOM_CNN]
+    (label, reason), = table.skipped
+    assert label == blobs["grid"] and "TorchScript" in reason and "--allow-torchscript" in reason
+
+
 # ----- CLI ---------------------------------------------------------------------------------------------
 
 
@@ -365,7 +376,7 @@ def test_cli_rank_json_and_out(blobs, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(app, [
         "rank", str(tmp_path / "blobs.npz"), "--candidates", f"{blobs['grid']},{blobs['noise']}", "--scores", "logme,knn",
-        "--combine", "logme,knn", "--method", "zscore", "--sample", "24", "--no-cost", "--json", "--out", str(out), "--cache-dir", str(tmp_path / "store"),
+        "--combine", "logme,knn", "--method", "zscore", "--sample", "24", "--no-cost", "--json", "--out", str(out), "--cache-dir", str(tmp_path / "store"), "--allow-torchscript",
     ])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
@@ -381,7 +392,7 @@ def test_cli_rank_json_and_out(blobs, tmp_path):
     assert [c["backbone"] for c in manifest["candidates"]] == [row["backbone"] for row in document["rows"]]
     store = FeatureStore(tmp_path / "store")
     for candidate in manifest["candidates"]:
-        assert candidate["weights_sha256"] == load_backbone(candidate["backbone"]).spec.sha256
+        assert candidate["weights_sha256"] == load_backbone(candidate["backbone"], allow_torchscript=True).spec.sha256
         assert store.meta(candidate["store_key"]) is not None
     sections = report_sections((out / "report.html").read_text())
     assert {"dataset", "rank", "manifest"} <= set(sections)

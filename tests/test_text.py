@@ -290,6 +290,22 @@ def test_corrupt_packaged_text_weights_are_refused(tmp_path, monkeypatch):
         load_backbone(MINILM)
 
 
+@pytest.mark.parametrize("prefix", ["st", "hf"])
+def test_a_recorded_sha256_is_checked_before_the_folder_weights_are_read(tiny_bert, tiny_st, prefix, monkeypatch):
+    import transformers
+
+    folder = tiny_st if prefix == "st" else tiny_bert
+    good = load_backbone(f"{prefix}:{folder}")
+    assert load_backbone(f"{prefix}:{folder}", expected_sha256=good.spec.sha256).spec.sha256 == good.spec.sha256
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the weights were read before their sha256 was checked")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", refuse)
+    with pytest.raises(WeightsMismatchError, match="0{64} was recorded"):
+        load_backbone(f"{prefix}:{folder}", expected_sha256="0" * 64)
+
+
 @pytest.mark.slow
 def test_minilm_matches_sentence_transformers_encode():
     st = pytest.importorskip("sentence_transformers")

@@ -239,6 +239,7 @@ def extract(
     shard_size: int = DEFAULT_SHARD_SIZE,
     quiet: bool = False,
     trust_remote_code: bool = False,
+    allow_torchscript: bool = False,
 ) -> Features:
     """Features of every item in ``data``, through the store.
 
@@ -261,13 +262,17 @@ def extract(
         quiet: No progress bar.
         trust_remote_code: When ``backbone`` is an ``hf:``/``st:`` name, let its folder run the
             code it ships.
+        allow_torchscript: When ``backbone`` is a ``file:`` TorchScript name, let it load (it runs
+            the code it holds).
 
     Returns:
         :class:`Features`, row-aligned with ``data``. ``hit`` says whether the network ran.
     """
     started = time.perf_counter()
     if isinstance(backbone, str):
-        backbone = load_backbone(backbone, trust_remote_code=trust_remote_code and allows_remote_code(backbone))
+        backbone = load_backbone(
+            backbone, trust_remote_code=trust_remote_code and allows_remote_code(backbone), allow_torchscript=allow_torchscript
+        )
     store = store or FeatureStore()
     spec = backbone.spec.with_input_size(image_size)
     layer_name = backbone.check_layer(layer)

@@ -140,6 +140,7 @@ def probe(
     quiet: bool = False,
     head_params: dict[str, dict[str, Any]] | None = None,
     trust_remote_code: bool = False,
+    allow_torchscript: bool = False,
 ) -> ProbeReport:
     """Extract, fit every head on every backbone's features, evaluate on test, save bundles.
 
@@ -158,6 +159,7 @@ def probe(
         quiet: No progress bars.
         head_params: Per-head constructor arguments, e.g. ``{"mlp": {"max_epochs": 50}}``.
         trust_remote_code: Let ``hf:``/``st:`` backbone folders run the code they ship.
+        allow_torchscript: Let ``file:`` TorchScript backbones load (they run the code they hold).
 
     Returns:
         A :class:`ProbeReport`.
@@ -173,7 +175,7 @@ def probe(
     runs: list[ProbeRun] = []
     skipped: dict[tuple[str, str], None] = dict.fromkeys(data.skipped)
     for name in backbones:
-        backbone = load_backbone(name, trust_remote_code=trust_remote_code and allows_remote_code(name))
+        backbone = load_backbone(name, trust_remote_code=trust_remote_code and allows_remote_code(name), allow_torchscript=allow_torchscript)
         features = extract(backbone, data, layer=layer, pool=pool, image_size=image_size, store=store, quiet=quiet)
         skipped.update(dict.fromkeys(features.skipped))
         for head_name in heads:

@@ -74,6 +74,7 @@ def rank_backbones(
     quiet: bool = False,
     progress: Callable[[str], None] | None = None,
     out: str | Path | None = None,
+    allow_torchscript: bool = False,
 ) -> RankTable:
     """Rank candidate backbones on a stratified subsample of ``data``'s training split.
 
@@ -102,6 +103,8 @@ def rank_backbones(
         quiet: No progress bars or messages.
         progress: Called with a one-line message per step (default: stderr unless ``quiet``).
         out: A run directory to write (see :func:`write_rank_run`); None writes nothing.
+        allow_torchscript: Let ``file:`` TorchScript candidates load (they run the code they
+            hold); without it they are skipped with the reason.
 
     Returns:
         A :class:`~headstart.select.table.RankTable`, best candidate first.
@@ -153,7 +156,7 @@ def rank_backbones(
         try:
             if loaded is None or loaded[0] != candidate.backbone:
                 loaded = None
-                loaded = (candidate.backbone, load_backbone(candidate.backbone))
+                loaded = (candidate.backbone, load_backbone(candidate.backbone, allow_torchscript=allow_torchscript))
             backbone = loaded[1]
             layer = backbone.check_layer(resolve_layer(candidate.layer, backbone.spec.layers) if candidate.layer else None)
         except _SKIPPABLE as error:
