@@ -628,6 +628,7 @@ def test_probe_tfidf_beside_an_encoder_writes_a_tfidf_bundle(tiny_bert, tmp_path
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [(r["backbone"], r["head"]) for r in metrics["runs"]][-1] == ("sk:tfidf", "linear") and metrics["skipped_runs"][0]["head"] == "knn"
     assert "sk:tfidf" in (tmp_path / "run" / "results.csv").read_text()
+    assert "sk:tfidf + knn: sk:tfidf trains with the linear head only" in (tmp_path / "run" / "report.html").read_text()
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["runs"][-1]["backbone"] == "sk:tfidf" and len(manifest["runs"][-1]["weights_sha256"]) == 64
     bundle = load_bundle(tfidf_run.bundle_path)
