@@ -175,7 +175,8 @@ def probe(
             (text data) fits TF-IDF + logistic regression on the raw texts instead.
         heads: Head names: ``linear``, ``knn``, ``mlp``. ``sk:tfidf`` trains with ``linear`` only;
             its other pairs are skipped and listed in ``skipped_runs``.
-        layer: Layer to probe (default: the pooled penultimate layer).
+        layer: Layer to probe (default: the pooled penultimate layer); checked for every network
+            before any work. ``sk:tfidf`` has no layers: ``layer`` and ``pool`` do not apply to it.
         pool: Pooling for intermediate layers.
         image_size: Input size override.
         seed: Seed for the heads.
