@@ -286,3 +286,101 @@ def test_a_torchscript_bundle_needs_the_opt_in(classifier, tmp_path):
         load_bundle(path).predict_proba(_images())
     loaded = load_bundle(path, allow_torchscript=True)
     np.testing.assert_allclose(loaded.predict_proba(_images()), classifier.predict_proba(_images()), atol=1e-5)
+# ----- tfidf: the sk:tfidf baseline -------------------------------------------------------------------
+
+
+def _mail(n: int = 60, classes: int = 2, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Texts where one keyword per class decides, among filler words (and accented ones)."""
+    rng = np.random.default_rng(seed)
+    filler = ["see", "you", "at", "the", "meeting", "today", "please", "send", "notes", "café", "naïve", "Ünïcode"]
+    keywords = ["agenda", "unsubscribe", "invoice", "lottery"][:classes]
+    texts, labels = [], []
+    for i in range(n):
+        label = i % classes
+        words = [str(w) for w in rng.choice(filler, 6)]
+        words.insert(int(rng.integers(0, 6)), keywords[label])
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, np.array(labels)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_tfidf_bundle_predicts_as_the_pipeline_and_holds_no_pickle(classes, tmp_path):
+    from headstart.bundles import KINDS, TfidfBundle
+    from headstart.heads.tfidf import TfidfLogReg
+
+    texts, labels = _mail(classes=classes)
+    model = TfidfLogReg(random_state=0).fit(texts[:45], labels[:45])
+    names = ["ham", "spam", "bill"][:classes]
+    TfidfBundle(model, names, metrics={"accuracy": 1.0}, manifest={"seed": 0}).save(tmp_path / "b")
+    assert KINDS["tfidf"] is TfidfBundle
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["bundle.json", "head.safetensors", "vectorizer.json", "vectorizer.safetensors"]
+    for path in (tmp_path / "b").iterdir():
+        assert not path.read_bytes().startswith(b"\x80"), f"{path.name} looks like a pickle"
+    document = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert document["kind"] == "tfidf" and document["modality"] == "text" and document["backbone"]["name"] == "sk:tfidf"
+    assert set(document["sha256"]) == {"vectorizer.json", "vectorizer.safetensors", "head.safetensors"}
+    assert document["vectorizer"]["ngram_range"] == [1, 2] and document["head"]["C"] == model.C_
+
+    loaded = load_bundle(tmp_path / "b")
+    assert type(loaded) is TfidfBundle and type(Bundle.load(tmp_path / "b")) is TfidfBundle
+    new = texts[45:] + ["unsubscribe", "words it never saw", "AGENDA, Café!"]
+    np.testing.assert_allclose(loaded.predict_proba(new), model.predict_proba(new), atol=1e-6, rtol=0)
+    assert loaded.predict(new) == [names[i] for i in model.predict(new)]
+    assert loaded.spec.modality == "text" and loaded.spec.sha256 == document["backbone"]["sha256"]
+    results = loaded.predict_batch(["unsubscribe now", "   ", "agenda"], top_k=5)
+    assert results[1].error == "empty text" and results[1].label is None
+    assert results[0].label == "spam" and len(results[0].top_k) == classes
+    with pytest.raises(DataError, match="empty text"):
+        loaded.predict_proba(["agenda", ""])
+    with pytest.raises(DataError, match="not a single string"):
+        loaded.predict_proba("agenda")
+
+
+def test_tfidf_multilabel_bundle_round_trips(tmp_path):
+    from headstart.bundles import TfidfBundle
+    from headstart.heads.tfidf import TfidfLogReg
+
+    words = ["alpha", "beta", "gamma"]
+    texts = [" ".join(w for j, w in enumerate(words) if (i >> j) & 1) or "none" for i in range(1, 8)] * 6
+    Y = np.array([[(i >> j) & 1 for j in range(3)] for i in range(1, 8)] * 6)
+    model = TfidfLogReg(random_state=0).fit(texts, Y)
+    TfidfBundle(model, words).save(tmp_path / "b")
+    loaded = load_bundle(tmp_path / "b")
+    np.testing.assert_allclose(loaded.predict_proba(["alpha gamma", "beta"]), model.predict_proba(["alpha gamma", "beta"]), atol=1e-6, rtol=0)
+
+
+def test_tfidf_bundle_files_are_checked_before_they_are_read(tmp_path):
+    from headstart.bundles import TfidfBundle
+    from headstart.errors import WeightsMismatchError
+    from headstart.heads.tfidf import TfidfLogReg
+
+    texts, labels = _mail()
+    folder = TfidfBundle(TfidfLogReg(random_state=0).fit(texts, labels), ["ham", "spam"]).save(tmp_path / "b")
+    original = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    vocabulary = json.loads(original["vectorizer.json"])
+    vocabulary["terms"][0], vocabulary["terms"][1] = vocabulary["terms"][1], vocabulary["terms"][0]
+    (folder / "vectorizer.json").write_text(json.dumps(vocabulary))
+    with pytest.raises(WeightsMismatchError, match="vectorizer.json has sha256"):
+        load_bundle(folder)
+    (folder / "vectorizer.json").write_bytes(original["vectorizer.json"])
+    (folder / "head.safetensors").write_bytes(original["head.safetensors"][:-8] + b"\x00" * 8)
+    with pytest.raises(WeightsMismatchError, match="head.safetensors has sha256"):
+        load_bundle(folder)
+    (folder / "head.safetensors").write_bytes(original["head.safetensors"])
+    (folder / "vectorizer.safetensors").unlink()
+    with pytest.raises(DataError, match="vectorizer.safetensors is missing"):
+        load_bundle(folder)
+    (folder / "vectorizer.safetensors").write_bytes(original["vectorizer.safetensors"])
+    load_bundle(folder)  # whole again
+
+    document = json.loads(original["bundle.json"])
+    del document["sha256"]["head.safetensors"]
+    (folder / "bundle.json").write_text(json.dumps(document))
+    with pytest.raises(DataError, match=r"sha256\.head\.safetensors"):
+        load_bundle(folder)
+    del document["sha256"]
+    (folder / "bundle.json").write_text(json.dumps(document))
+    with pytest.raises(DataError, match="no 'sha256' field"):
+        load_bundle(folder)

@@ -444,3 +444,18 @@ def test_pretrained_backbone_ranks_above_its_random_init_on_animal_mnist():
     pretrained = table.rows[0]
     assert pretrained.scores["leep"] is not None  # from the ImageNet classifier
     assert pretrained.cost.macs == pytest.approx(24.4e6, rel=0.05)  # 300M MACs at 224 px, /12.25 at 64 px
+
+
+def test_a_misspelt_tfidf_or_prefix_fails_before_any_candidate_is_ranked(blobs, monkeypatch):
+    """sk:tfidf is a candidate name like any other: a typo of it, or of a prefix, stops the ranking before any work."""
+    import headstart.features as features_package
+    from headstart.errors import UnknownBackboneError
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("extraction started before every candidate name was checked")
+
+    monkeypatch.setattr(features_package, "extract", no_extraction)  # rank_backbones imports it from the package
+    with pytest.raises(UnknownBackboneError, match="Did you mean: sk:tfidf"):
+        rank_backbones([blobs["grid"], "sk:tfdif"], blobs["data"], sample=30, cost=False, store=blobs["store"], quiet=True)
+    with pytest.raises(UnknownBackboneError, match="no known source prefix"):
+        rank_backbones([blobs["grid"], "tvv:mobilenet_v2"], blobs["data"], sample=30, cost=False, store=blobs["store"], quiet=True)

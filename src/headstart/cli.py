@@ -123,8 +123,8 @@ def extract_cmd(
 @app.command("probe")
 def probe_cmd(
     data: Annotated[str, typer.Argument(help="Image or .txt folder, .csv/.tsv/.jsonl manifest or text table, .npz, or builtin:NAME.")],
-    backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="Backbone name; repeat to compare several.")],
-    head: Annotated[list[str], typer.Option("--head", help="linear, knn or mlp; repeat to compare several.")] = ["linear"],  # noqa: B006
+    backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="Backbone name; repeat to compare several. sk:tfidf (text): TF-IDF + logistic regression on the raw texts.")],
+    head: Annotated[list[str], typer.Option("--head", help="linear, knn or mlp; repeat to compare several (sk:tfidf trains with linear only).")] = ["linear"],  # noqa: B006
     layer: Annotated[Optional[str], typer.Option("--layer", help="Layer to probe (default: pooled penultimate).")] = None,
     pool: Annotated[str, typer.Option("--pool", help="avg, max, avgmax, token or none.")] = "avg",
     per_class: PerClass = None,
@@ -149,6 +149,10 @@ def probe_cmd(
         dataset, backbone, head, layer=layer, pool=pool, image_size=image_size, seed=seed, out=out,
         store=store_from(cache_dir), quiet=quiet or json_out, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript,
     )
+    from headstart.console import err_console
+
+    for skip in report.skipped_runs:
+        err_console.print(f"skipped {skip['backbone']} + {skip['head']}: {skip['reason']}", markup=False, highlight=False, soft_wrap=True)
     if json_out:
         print_json(report.to_dict())
         return

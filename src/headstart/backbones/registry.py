@@ -29,6 +29,12 @@ RANDOM_SUFFIX = "@random"
 
 def _adapter(name: str):
     prefix, sep, rest = name.partition(":")
+    if prefix == "sk" and rest:
+        # sk:tfidf is a baseline fitted on raw texts (headstart.heads.tfidf), not a network.
+        raise UnknownBackboneError(
+            f"{name} is a baseline fitted on raw texts, not a network: headstart probe DATA -b {name} trains it and "
+            f"headstart rank DATA -c {name} scores it. This needs a network backbone (tv:, timm:, hf:, st: or file:)."
+        )
     if not sep or prefix not in _ADAPTERS or not rest:
         raise UnknownBackboneError(
             f"Backbone name {name!r} has no known source prefix. Use one of "

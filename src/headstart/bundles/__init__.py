@@ -13,5 +13,6 @@ Both predict with ``predict_batch(inputs, top_k)``, one :class:`Prediction` or
 from headstart.bundles.base import BUNDLE_FORMAT, KINDS, bundle_kind, load_bundle, locate_bundle, read_document
 from headstart.bundles.classifier import Bundle, Prediction
 from headstart.bundles.task import TaskBundle, TaskPrediction
+from headstart.bundles.tfidf import TfidfBundle  # noqa: F401 - registers the "tfidf" kind (sk:tfidf bundles)
 
 __all__ = ["BUNDLE_FORMAT", "KINDS", "Bundle", "Prediction", "TaskBundle", "TaskPrediction", "bundle_kind", "load_bundle", "locate_bundle", "read_document"]

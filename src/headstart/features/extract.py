@@ -267,12 +267,19 @@ def extract(
 
     Returns:
         :class:`Features`, row-aligned with ``data``. ``hit`` says whether the network ran.
+
+    Raises:
+        DataError: The backbone's modality is not the data's (a text encoder on images...).
+        OptionError: ``backbone`` is ``sk:tfidf``, which has no fixed features to store (probe
+            and rank fit it on the raw texts).
     """
     started = time.perf_counter()
     if isinstance(backbone, str):
+        check_not_baseline(backbone, data)
         backbone = load_backbone(
             backbone, trust_remote_code=trust_remote_code and allows_remote_code(backbone), allow_torchscript=allow_torchscript
         )
+    check_modality(backbone.spec, data)
     store = store or FeatureStore()
     spec = backbone.spec.with_input_size(image_size)
     layer_name = backbone.check_layer(layer)
@@ -323,6 +330,44 @@ def extract(
     stored = store.load(key)
     assert stored is not None, "a just-committed entry must load"
     return finish(*stored, hit=False)
+
+
+def check_not_baseline(name: str, data: Dataset) -> None:
+    """Refuse an ``sk:`` name: a baseline fitted on raw inputs has no fixed features to extract.
+
+    Raises:
+        UnknownBackboneError: An unknown ``sk:`` name.
+        DataError: ``sk:tfidf`` on data that is not text.
+        OptionError: ``sk:tfidf`` on text: it says to use probe or rank.
+    """
+    from headstart.errors import OptionError
+    from headstart.heads import tfidf
+
+    if not tfidf.is_baseline(name):
+        return
+    name = tfidf.check_baseline(name, data.modality, data.source)
+    raise OptionError(
+        f"{name} has no fixed features to extract: its vocabulary and IDF weights are fitted on the training texts, so "
+        f"nothing goes to the feature store. Train it with: headstart probe DATA -b {name} (or score it with: headstart rank DATA -c {name})."
+    )
+
+
+def check_modality(spec: BackboneSpec, data: Dataset) -> None:
+    """Refuse a backbone whose modality is not the data's, before any work.
+
+    Raises:
+        DataError: A text encoder on images, or an image backbone on texts.
+    """
+    from headstart.errors import DataError
+
+    if spec.modality == data.modality:
+        return
+    if spec.modality == "text":
+        fix = "Use an image backbone, e.g. -b tv:mobilenet_v2.IMAGENET1K_V1."
+    else:
+        fix = "Use a text encoder, e.g. -b st:sentence-transformers/all-MiniLM-L6-v2, or the sk:tfidf baseline (probe, rank)."
+    article = "an" if spec.modality[:1] in "aeiou" else "a"
+    raise DataError(f"{spec.name} is {article} {spec.modality} backbone, but {data.source} holds {data.modality} data. {fix}")
 
 
 def check_options(backbone: Backbone, layer: str, pool: str, image_size: int | None, decode: str, batch_size: int | None = None) -> None:

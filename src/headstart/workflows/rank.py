@@ -46,6 +46,7 @@ from headstart.select.candidates import Candidate, expand_candidates, parse_cand
 from headstart.select.combine import Combination, check_scores
 from headstart.select.cost import Cost, measure_cost
 from headstart.select.probes import compute_rank_scores, source_logits
+from headstart.heads.tfidf import BASELINES
 from headstart.select.table import RankRow, RankTable, finish_ranking
 
 __all__ = ["BASELINES", "COST_BATCH", "rank_backbones", "write_rank_run"]
@@ -124,6 +125,7 @@ def rank_backbones(
     started = time.perf_counter()
     names, combination = check_scores(scores, combine, method)
     plan = expand_candidates(parse_candidates(candidates), layers)
+    check_candidate_names(plan)
     if scores is None and "linear" not in names and any(c.backbone in BASELINES for c in plan):
         # A baseline (sk:tfidf) has only the linear probe; without it, it could not be compared.
         names += ("linear",)
@@ -272,8 +274,23 @@ def write_rank_run(out: Path, table: RankTable, data: Dataset, device: str) -> N
     write_report_or_warn(out)
 
 
-# Candidates that are not backbones: baselines fitted on the raw inputs, scored by the same probes.
-BASELINES = ("sk:tfidf",)
+def check_candidate_names(plan: Sequence[Candidate]) -> None:
+    """Fail before any work on a name with an unknown source prefix or an unknown ``sk:`` baseline.
+
+    Candidates whose weights turn out unavailable (or whose layer does not exist) are still skipped
+    with their reason during the ranking; a misspelt prefix is a typo, not an unavailable candidate.
+
+    Raises:
+        UnknownBackboneError: The first such name.
+    """
+    from headstart.backbones.registry import allows_remote_code
+    from headstart.heads.tfidf import check_baseline, is_baseline
+
+    for candidate in plan:
+        if is_baseline(candidate.backbone):
+            check_baseline(candidate.backbone)
+        else:
+            allows_remote_code(candidate.backbone)
 
 
 def _baseline_row(candidate: Candidate, sub: Dataset, names: tuple[str, ...], seed: int, cost: bool, rows: list[RankRow]) -> RankRow | str | None:
