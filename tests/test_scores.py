@@ -482,6 +482,61 @@ def test_one_failing_score_does_not_stop_the_others(monkeypatch):
     assert results["logme"] == logme(features, labels)
 
 
+@pytest.mark.parametrize(
+    "error", [TypeError("unsupported operand"), AttributeError("no attribute 'T'"), KeyError("x"), AssertionError(), ValueError("operands could not be broadcast")]
+)
+def test_a_programming_error_inside_a_score_propagates(monkeypatch, error):
+    def buggy(features, labels):
+        raise error
+
+    monkeypatch.setitem(SCORES, "hscore", buggy)
+    features, labels = clustered(60, 4, 3, 1.0)
+    with pytest.raises(type(error)):
+        compute_scores(features, labels, names=["hscore", "logme"])
+
+
+@pytest.mark.parametrize("error", [FloatingPointError("overflow"), ZeroDivisionError("float division"), MemoryError()])
+def test_numerical_failures_are_kept_as_undefined(monkeypatch, error):
+    def failing(features, labels):
+        raise error
+
+    monkeypatch.setitem(SCORES, "sfda", failing)
+    features, labels = clustered(60, 4, 3, 1.0)
+    results = compute_scores(features, labels, names=["sfda", "hscore"])
+    assert isinstance(results["sfda"], ScoreUndefined)
+    assert results["sfda"].reason.startswith(f"sfda failed: {type(error).__name__}")
+    assert results["sfda"].__cause__ is error
+    assert results["hscore"] == hscore(features, labels)
+
+
+@pytest.mark.parametrize("name", ["logme", "nleep", "hscore", "hscore_shrinkage", "sfda"])
+def test_features_too_large_for_float64_are_undefined_with_a_reason(name):
+    features, labels = clustered(60, 5, 3, 1.0)
+    with pytest.raises(ScoreUndefined, match=rf"{name} overflows float64 .* Rescale the features"):
+        SCORES[name](features * 1e160, labels)
+    # Large but safe features still score (Ledoit-Wolf sums fourth powers).
+    assert math.isfinite(SCORES[name](features * (1e60 if name == "hscore_shrinkage" else 1e100), labels))
+
+
+def test_nleep_turns_an_ill_defined_mixture_into_a_reason(monkeypatch):
+    from sklearn.mixture import GaussianMixture
+
+    def ill_defined(self, X, y=None):
+        raise ValueError("Fitting the mixture model failed because some components have ill-defined empirical covariance")
+
+    monkeypatch.setattr(GaussianMixture, "fit", ill_defined)
+    features, labels = clustered(60, 4, 3, 1.0)
+    with pytest.raises(ScoreUndefined, match=r"nleep: the Gaussian mixture cannot be fitted"):
+        nleep(features, labels)
+
+    def buggy(self, X, y=None):
+        raise ValueError("Expected 2D array, got 1D array instead")
+
+    monkeypatch.setattr(GaussianMixture, "fit", buggy)
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        nleep(features, labels)
+
+
 def test_compute_scores_rejects_unknown_names_and_bad_inputs_up_front():
     features, labels = clustered(60, 4, 3, 1.0)
     with pytest.raises(UnknownScoreError, match=r"'hscor'.*Did you mean: hscore"):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from headstart.select.scores.common import ScoreUndefined, check_inputs, class_sums
+from headstart.select.scores.common import ScoreUndefined, check_inputs, check_magnitude, class_sums
 
 __all__ = ["logme"]
 
@@ -79,12 +79,14 @@ def logme(features: np.ndarray, labels: np.ndarray, *, tol: float = 1e-10, max_i
     Raises:
         DataError: If the inputs are malformed (see the module docstring).
         ScoreUndefined: If the labels of some class are an exact linear function of the features
-            on more than d distinct rows, so the evidence is unbounded (see above).
+            on more than d distinct rows, so the evidence is unbounded (see above), or if the
+            features are so large that their Gram matrix overflows float64.
         ValueError: If ``tol`` is not positive or ``max_iter`` is below 1.
     """
     features, codes, counts = check_inputs(features, labels, "logme")
     if not tol > 0 or max_iter < 1:
         raise ValueError(f"logme: tol must be > 0 and max_iter >= 1, but got tol={tol}, max_iter={max_iter}.")
+    check_magnitude(features, 2, "logme")
     spectrum = _logme_spectrum(features, codes, counts)
     exact = _exact_fits(spectrum, counts)
     parts = [(~exact, spectrum)]
@@ -239,7 +241,7 @@ def _logme_terms(ratio: np.ndarray, spectrum: _Spectrum) -> tuple[np.ndarray, np
     denominator = t + sigma
     gamma = np.sum(sigma / denominator, axis=0)
     n_minus_gamma = (spectrum.n_samples - sigma.shape[0]) + np.sum(t / denominator, axis=0)
-    mean_norm2 = np.sum(sigma * spectrum.x2 / denominator**2, axis=0)
+    mean_norm2 = np.sum((sigma / denominator) * (spectrum.x2 / denominator), axis=0)  # no overflow at large t
     residual = spectrum.outside + np.sum(spectrum.x2 * (t / denominator) ** 2, axis=0)
     residual = np.maximum(residual, np.finfo(np.float64).tiny)
     return gamma, n_minus_gamma, mean_norm2, residual
