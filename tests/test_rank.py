@@ -223,6 +223,44 @@ def test_knn_shortcut_scores_what_knnprobe_scores(n, n_classes, dim, seed):
     assert knn_cv_accuracy(features, labels, seed, folds) == expected
 
 
+def test_rank_scores_keep_numerical_failures_and_undefined_probes_as_reasons(monkeypatch):
+    from headstart.select import probes
+    from headstart.select.scores import SCORES
+
+    def failing(features, labels):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setitem(SCORES, "hscore", failing)
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 20 + [1] * 20 + [2] * 2)  # 2 examples of class 2: one per training fold
+    features = rng.normal(size=(labels.size, 5)) + rng.normal(size=(3, 5))[labels]
+    values, reasons, _ = probes.compute_rank_scores(("hscore", "linear", "knn", "logme"), features, labels, None, None, 0)
+    assert values["hscore"] is None and reasons["hscore"] == "hscore failed: LinAlgError: SVD did not converge"
+    assert values["linear"] is None and reasons["linear"].startswith("linear: LinearProbe holds out a stratified validation split")
+    assert values["knn"] is None and "at least 2 examples of every class" in reasons["knn"]
+    assert math.isfinite(values["logme"]) and "logme" not in reasons
+
+
+@pytest.mark.parametrize("where", ["score", "probe"])
+@pytest.mark.parametrize("error", [TypeError("unsupported operand"), AttributeError("no attribute 'spec'"), KeyError("x")])
+def test_rank_scores_let_programming_errors_propagate(monkeypatch, where, error):
+    from headstart.select import probes
+    from headstart.select.scores import SCORES
+
+    def buggy(*args, **kwargs):
+        raise error
+
+    if where == "score":
+        monkeypatch.setitem(SCORES, "hscore", buggy)
+    else:
+        monkeypatch.setattr(probes, "cv_accuracy", buggy)
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 3
+    features = rng.normal(size=(60, 5))
+    with pytest.raises(type(error)):
+        probes.compute_rank_scores(("hscore", "linear"), features, labels, None, None, 0)
+
+
 # ----- cost -------------------------------------------------------------------------------------------
 
 
