@@ -272,12 +272,7 @@ CASE_NAMES = [
 
 
 # Cases whose fix has not landed yet: strict, so a fix that lands makes the test say to remove the name.
-PENDING: set[str] = {
-    "unknown head", "finetune epochs 0", "finetune negative lr", "finetune malformed policy", "text backbone on images",
-    "segment train epochs 0",
-    "finetune epochs 0", "finetune negative lr", "finetune malformed policy",
-    "out is an existing file", "out under a file", "segment train epochs 0",
-}
+PENDING: set[str] = set()
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)

@@ -385,7 +385,7 @@ def main() -> None:
     except HeadstartError as exc:
         if debug:
             err_console.print_exception()
-        err_console.print(_error_line("error:", str(exc)), highlight=False, soft_wrap=True)
+        err_console.print(_error_line("error:", " ".join(str(exc).split())), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         err_console.print(RESUME_HINT, soft_wrap=True)
