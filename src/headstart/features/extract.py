@@ -98,8 +98,25 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch_device(device)
 
 
-def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil") -> dict[str, Any]:
-    """Everything that changes a feature set; its hash is the store key."""
+# The store key's fields, in one place (docs/security.md describes them). A field is added only when
+# a value other than its default changes the features; the runtime field waits for other runtimes.
+RUNTIME = "torch"
+
+
+def precision_for(device: str | None) -> str:
+    """The arithmetic extraction uses on ``device``: bf16 autocast on a GPU, fp32 on the CPU."""
+    return "bf16" if str(device or "cpu").startswith("cuda") else "fp32"
+
+
+def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil", device: str | None = "cpu") -> dict[str, Any]:
+    """Everything that changes a feature set; its hash is the store key.
+
+    Fields: the backbone's name and weights sha256, the layer, the pooling, the preprocessing (input
+    size, mean/std, interpolation, crop), the data's fingerprint, the runtime and the precision
+    (bf16 features from a GPU and fp32 features from a CPU never share an entry), the decode path
+    when it is not PIL, and, for a seeded random initialisation, the versions of the libraries that
+    draw it.
+    """
     parts = {
         "backbone": spec.name,
         "weights_sha256": spec.sha256,
@@ -107,15 +124,22 @@ def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decod
         "pool": pool,
         "preprocessing": spec.preprocessing(),
         "data": fingerprint,
+        "runtime": RUNTIME,
+        "precision": precision_for(device),
     }
     if decode != "pil":
         parts["decode"] = decode
+    if str(spec.sha256).startswith("random-init"):
+        from headstart.versions import package_versions
+
+        versions = package_versions()
+        parts["init_versions"] = {name: versions.get(name) for name in ("torch", "timm", "torchvision", "transformers") if name in versions}
     return parts
 
 
-def store_key(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil") -> str:
+def store_key(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil", device: str | None = "cpu") -> str:
     """The content key of a feature set."""
-    return make_key(key_parts(spec, layer, pool, fingerprint, decode))
+    return make_key(key_parts(spec, layer, pool, fingerprint, decode, device))
 
 
 class _FileImages(torch.utils.data.Dataset):
@@ -288,7 +312,7 @@ def extract(
     if data.in_memory or spec.modality != "image":
         decode_mode = "pil"  # arrays and text have no file decode step
     fingerprint = data.fingerprint()
-    key = store_key(spec, layer_name, pool, fingerprint, decode_mode)
+    key = store_key(spec, layer_name, pool, fingerprint, decode_mode, pick_device(device).type)
     skipped_listing = list(data.skipped)
 
     def finish(meta, features, valid, errors, hit):
@@ -319,7 +343,7 @@ def extract(
     _wait_for(lambda: len(store.done_shards(key, n, shard_size)) == n_shards or None, f"all {n_shards} shards of {key[:12]}")
     dim = store.read_shard(key, 0)[1].shape[1]
     meta = {
-        "parts": key_parts(spec, layer_name, pool, fingerprint, decode_mode),
+        "parts": key_parts(spec, layer_name, pool, fingerprint, decode_mode, pick_device(device).type),
         "spec": spec.to_dict(),
         "source": data.source,
         "shape": [n, int(dim)],

@@ -172,7 +172,8 @@ def rank_backbones(
 
         # Features: read the subsample's rows back when the whole dataset is stored (as after a
         # probe run), else extract just the subsample.
-        whole_key = store_key(spec, layer, pool, fingerprint_full)
+        decode = "tensor" if str(device).startswith("cuda") and not data.in_memory and spec.modality == "image" else "pil"
+        whole_key = store_key(spec, layer, pool, fingerprint_full, decode, device)
         if store.meta(whole_key) is not None:
             features = extract(backbone, data, layer=layer, pool=pool, image_size=size, device=device, store=store, quiet=quiet)
             X, valid, labels = features.X[rows_index], features.valid[rows_index], data.labels[rows_index]
