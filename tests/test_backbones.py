@@ -477,7 +477,9 @@ def test_torchscript_file(tiny_backbones, tmp_path, batch):
     path = tmp_path / "scripted.pt"
     traced.save(str(path))
     path.with_suffix(".json").write_text(json.dumps({"input_size": SIZE, "mean": [0.5] * 3, "std": [0.25] * 3, "feature_dim": 96}))
-    loaded = load_backbone(f"file:{path}")
+    with pytest.raises(WeightsUnavailableError, match="TorchScript.*--allow-torchscript"):
+        load_backbone(f"file:{path}")
+    loaded = load_backbone(f"file:{path}", allow_torchscript=True)
     assert loaded.spec.source == "file"
     assert loaded.spec.input_size == SIZE
     assert loaded.spec.mean == (0.5, 0.5, 0.5)
@@ -647,3 +649,110 @@ def test_animal_mnist_pretrained_beats_random(tmp_path):
         scores[name] = probe.score(x_test, y_test)
     assert scores[MOBILENET] > 0.6, scores
     assert scores[MOBILENET] > scores["tv:mobilenet_v2@random"] + 0.05, scores
+
+
+# ----- what is read before a hash is checked (issue 13) -------------------------------------------
+
+
+def _no_deserializing(monkeypatch):
+    """Make every weight reader fail loudly: a test then proves nothing was read."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a weight file was deserialized before its sha256 was checked")
+
+    import safetensors.torch
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
+
+
+def test_expected_sha256_is_checked_before_torch_load_for_tv(empty_torch_home, monkeypatch):
+    entry = packaged_module.PACKAGED[MOBILENET]
+    _no_deserializing(monkeypatch)
+    with pytest.raises(WeightsMismatchError, match="0{64} was recorded") as info:
+        load_backbone(MOBILENET, expected_sha256="0" * 64)
+    assert entry.sha256 in str(info.value)
+
+
+def test_expected_sha256_is_checked_before_reading_a_packaged_timm_file(monkeypatch):
+    _no_deserializing(monkeypatch)
+    with pytest.raises(WeightsMismatchError, match="0{64} was recorded"):
+        load_backbone("timm:tf_efficientnet_lite0", expected_sha256="0" * 64)
+
+
+def test_expected_sha256_matches_and_loads(tiny_backbones, tmp_path, batch):
+    path = save_backbone(tiny_backbones["tv:mobilenet_v2@random"], tmp_path / "b.safetensors")
+    sha = packaged_module.sha256_file(path)
+    assert load_backbone(f"file:{path}", expected_sha256=sha).spec.sha256 == sha
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_expected_sha256_is_checked_before_reading_a_file_backbone(tiny_backbones, tmp_path, batch, monkeypatch):
+    state_dict = save_backbone(tiny_backbones["tv:mobilenet_v2@random"], tmp_path / "b.safetensors")
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.trace(tiny_backbones["timm:test_resnet@random"], batch).save(str(scripted))
+    _no_deserializing(monkeypatch)
+    for path in (state_dict, scripted):
+        with pytest.raises(WeightsMismatchError, match=f"{path}.*0{{64}} was recorded"):
+            load_backbone(f"file:{path}", allow_torchscript=True, expected_sha256="0" * 64)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_torchscript_is_refused_without_the_opt_in_and_never_loaded(tiny_backbones, tmp_path, batch, monkeypatch):
+    path = tmp_path / "scripted.pt"
+    torch.jit.trace(tiny_backbones["timm:test_resnet@random"], batch).save(str(path))
+    _no_deserializing(monkeypatch)
+    for pretrained in (None, False):
+        with pytest.raises(WeightsUnavailableError) as info:
+            load_backbone(f"file:{path}", pretrained=pretrained)
+        message = str(info.value)
+        assert "TorchScript" in message and "runs the code" in message and "--allow-torchscript" in message
+        assert "\n" not in message
+    # The opt-in is harmless for sources that never load TorchScript.
+    assert load_backbone("tv:mobilenet_v2@random", allow_torchscript=True).spec.sha256 == "random-init:seed0"
+
+
+def _unpackaged(monkeypatch, name: str):
+    entry = packaged_module.PACKAGED[name]
+    monkeypatch.setitem(packaged_module.PACKAGED, name, dataclasses.replace(entry, package="no_such_package_xyz"))
+    return entry
+
+
+def test_a_timm_cache_file_must_match_the_pinned_sha256(tmp_path, monkeypatch):
+    from headstart.backbones import timm_adapter
+
+    name = "timm:tf_efficientnet_lite0"
+    entry = _unpackaged(monkeypatch, name)
+    other = tmp_path / "model.safetensors"
+    other.write_bytes(b"not the pinned file")
+    monkeypatch.setattr(timm_adapter, "cached_file", lambda cfg: str(other))
+    _no_deserializing(monkeypatch)
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_backbone(name)
+    message = str(info.value)
+    assert entry.sha256 in message and str(other) in message and entry.install_hint() in message
+
+
+def test_a_timm_cache_file_identical_to_the_pinned_one_loads(tmp_path, monkeypatch):
+    from headstart.backbones import timm_adapter
+
+    name = "timm:tf_efficientnet_lite0"
+    original = packaged_module.PACKAGED[name].path()
+    assert original is not None
+    copy = tmp_path / "model.pth"
+    shutil.copyfile(original, copy)
+    entry = _unpackaged(monkeypatch, name)
+    monkeypatch.setattr(timm_adapter, "cached_file", lambda cfg: str(copy))
+    assert load_backbone(name).spec.sha256 == entry.sha256
+
+
+def test_an_unpinned_timm_cache_file_is_checked_against_a_recorded_sha256(tmp_path, monkeypatch):
+    from headstart.backbones import timm_adapter
+
+    cached = tmp_path / "model.safetensors"
+    cached.write_bytes(b"some other weights")
+    monkeypatch.setattr(timm_adapter, "cached_file", lambda cfg: str(cached))
+    _no_deserializing(monkeypatch)
+    with pytest.raises(WeightsMismatchError, match="0{64} was recorded"):
+        load_backbone("timm:test_resnet.r160_in1k", expected_sha256="0" * 64)

@@ -272,10 +272,7 @@ CASE_NAMES = [
 
 
 # Cases whose fix has not landed yet: strict, so a fix that lands makes the test say to remove the name.
-PENDING: set[str] = {
-    "unknown head", "finetune epochs 0", "finetune negative lr", "finetune malformed policy", "text backbone on images",
-    "segment train epochs 0",
-}
+PENDING: set[str] = set()
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
@@ -298,7 +295,6 @@ def test_every_case_is_in_the_catalogue(inputs):
 # ----- cases that read a run back ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="fix pending")
 def test_predict_takes_a_run_directory_and_says_which_bundle(probe_run, monkeypatch, capsys):
     image = probe_run.parent / "one.png"
     _image(3, size=8).save(image)
@@ -318,7 +314,6 @@ def test_predict_with_a_malformed_bundle_json(probe_run, tmp_path, monkeypatch, 
     check(Case([], 2, ["bundle.json"]), code, out, err)
 
 
-@pytest.mark.xfail(strict=True, reason="fix pending")
 def test_predict_with_a_corrupt_head(probe_run, tmp_path, monkeypatch, capsys):
     import shutil
 
@@ -345,3 +340,46 @@ def test_out_is_checked_without_creating_anything(tmp_path):
     fresh = tmp_path / "new" / "run"
     assert check_out_dir(fresh) == fresh and not (tmp_path / "new").exists()
     assert check_out_dir(None) is None and check_out_dir(tmp_path) == tmp_path
+
+
+def test_predict_with_a_bundle_json_missing_a_field(probe_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(probe_run / "bundle", bundle)
+    document = json.loads((bundle / "bundle.json").read_text())
+    del document["finetuned_backbone_sha256"]
+    (bundle / "bundle.json").write_text(json.dumps(document))
+    code, out, err = run(["predict", str(bundle), str(probe_run / "manifest.json")], monkeypatch, capsys)
+    check(Case([], 2, ["finetuned_backbone_sha256", "damaged"]), code, out, err)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_a_torchscript_backbone_needs_allow_torchscript(tmp_path, monkeypatch, capsys):
+    import torch
+
+    class Mean(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    scripted = tmp_path / "mean.pt"
+    torch.jit.script(Mean()).save(str(scripted))
+    scripted.with_suffix(".json").write_text(json.dumps({"input_size": 8, "feature_dim": 3}))
+    rng = np.random.default_rng(2)
+    npz = tmp_path / "data.npz"
+    np.savez(npz, x=(rng.random((24, 8, 8, 3)) * 255).astype(np.uint8), y=np.repeat([0, 1, 2], 8))
+    backbone = ["--backbone", f"file:{scripted}"]
+    out = tmp_path / "run"
+    for command in (["extract", str(npz), *backbone], ["probe", str(npz), *backbone, "--out", str(out)]):
+        code, stdout, err = run(command, monkeypatch, capsys)
+        check(Case([], 2, ["TorchScript", "runs the code", "--allow-torchscript"]), code, stdout, err)
+    code, stdout, err = run(["probe", str(npz), *backbone, "--out", str(out), "--allow-torchscript", "--quiet", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    image = tmp_path / "one.png"
+    _image(5, size=8).save(image)
+    code, stdout, err = run(["predict", str(out), str(image)], monkeypatch, capsys)
+    assert f"using bundle {out / 'bundle'}" in err
+    check(Case([], 2, ["--allow-torchscript"]), code, stdout, "\n".join(line for line in err.splitlines() if "using bundle" not in line))
+    code, stdout, err = run(["predict", str(out), str(image), "--allow-torchscript", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(stdout)[0]["label"] is not None

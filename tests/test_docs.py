@@ -30,6 +30,7 @@ HEADSTART = ROOT / ".venv" / "bin" / "headstart"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 REQUIRED_PAGES = (
     "image-classification.md", "text.md", "detection.md", "segmentation.md", "choosing-a-backbone.md", "finetuning.md", "scaling.md",
+    "security.md",
 )
 FENCE = re.compile(r"^```([A-Za-z0-9_+-]*)[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 MARKER = re.compile(r"^<!--\s*(skip-test|slow-test)\s*(?::\s*(.*?))?\s*-->$")

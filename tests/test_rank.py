@@ -110,7 +110,7 @@ def ranked(blobs):
     candidates = [blobs["noise"], RANDOM_CNN, f"{RANDOM_CNN}#layer1", blobs["missing"], blobs["grid"]]
     return rank_backbones(
         candidates, blobs["data"], scores=("logme", "leep", "nce", "linear", "knn"), sample=48, image_size=32,
-        store=blobs["store"], quiet=True,
+        store=blobs["store"], quiet=True, allow_torchscript=True,
     )
 
 
@@ -223,6 +223,44 @@ def test_knn_shortcut_scores_what_knnprobe_scores(n, n_classes, dim, seed):
     assert knn_cv_accuracy(features, labels, seed, folds) == expected
 
 
+def test_rank_scores_keep_numerical_failures_and_undefined_probes_as_reasons(monkeypatch):
+    from headstart.select import probes
+    from headstart.select.scores import SCORES
+
+    def failing(features, labels):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setitem(SCORES, "hscore", failing)
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 20 + [1] * 20 + [2] * 2)  # 2 examples of class 2: one per training fold
+    features = rng.normal(size=(labels.size, 5)) + rng.normal(size=(3, 5))[labels]
+    values, reasons, _ = probes.compute_rank_scores(("hscore", "linear", "knn", "logme"), features, labels, None, None, 0)
+    assert values["hscore"] is None and reasons["hscore"] == "hscore failed: LinAlgError: SVD did not converge"
+    assert values["linear"] is None and reasons["linear"].startswith("linear: LinearProbe holds out a stratified validation split")
+    assert values["knn"] is None and "at least 2 examples of every class" in reasons["knn"]
+    assert math.isfinite(values["logme"]) and "logme" not in reasons
+
+
+@pytest.mark.parametrize("where", ["score", "probe"])
+@pytest.mark.parametrize("error", [TypeError("unsupported operand"), AttributeError("no attribute 'spec'"), KeyError("x")])
+def test_rank_scores_let_programming_errors_propagate(monkeypatch, where, error):
+    from headstart.select import probes
+    from headstart.select.scores import SCORES
+
+    def buggy(*args, **kwargs):
+        raise error
+
+    if where == "score":
+        monkeypatch.setitem(SCORES, "hscore", buggy)
+    else:
+        monkeypatch.setattr(probes, "cv_accuracy", buggy)
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 3
+    features = rng.normal(size=(60, 5))
+    with pytest.raises(type(error)):
+        probes.compute_rank_scores(("hscore", "linear"), features, labels, None, None, 0)
+
+
 # ----- cost -------------------------------------------------------------------------------------------
 
 
@@ -325,13 +363,15 @@ def test_write_rank_json_and_csv(ranked, tmp_path):
 
 def test_subsample_reuses_whole_dataset_features_from_the_store(blobs, tmp_path):
     store = FeatureStore(tmp_path / "store")
-    first = rank_backbones([blobs["grid"]], blobs["data"], scores=("logme",), sample=30, cost=False, store=store, quiet=True)
-    again = rank_backbones([blobs["grid"]], blobs["data"], scores=("logme",), sample=30, cost=False, store=store, quiet=True)
+    first = rank_backbones([blobs["grid"]], blobs["data"], scores=("logme",), sample=30, cost=False, store=store, quiet=True, allow_torchscript=True)
+    again = rank_backbones([blobs["grid"]], blobs["data"], scores=("logme",), sample=30, cost=False, store=store, quiet=True, allow_torchscript=True)
     assert not first.rows[0].store_hit and again.rows[0].store_hit
     assert again.rows[0].scores == first.rows[0].scores
     # After the whole dataset is extracted (as a probe run does), the subsample reads those rows back.
-    extract(blobs["grid"], blobs["data"], store=store, quiet=True)
-    reused = rank_backbones([blobs["grid"]], blobs["data"], scores=("logme",), sample=30, seed=1, cost=False, store=store, quiet=True)
+    extract(blobs["grid"], blobs["data"], store=store, quiet=True, allow_torchscript=True)
+    reused = rank_backbones(
+        [blobs["grid"]], blobs["data"], scores=("logme",), sample=30, seed=1, cost=False, store=store, quiet=True, allow_torchscript=True
+    )
     assert reused.rows[0].store_hit
 
 
@@ -354,6 +394,15 @@ def test_bad_input_gives_clear_errors(blobs):
     assert set(ALL_SCORES) >= {"logme", "leep", "nleep", "nce", "hscore", "hscore_shrinkage", "linear", "knn"}
 
 
+def test_torchscript_candidates_need_the_opt_in(blobs, tmp_path):
+    table = rank_backbones(
+        [blobs["grid"], RANDOM_CNN], blobs["data"], scores=("logme",), sample=30, cost=False, store=FeatureStore(tmp_path / "s"), quiet=True
+    )
+    assert [row.backbone for row in table.rows] == [RANDOM_CNN]
+    (label, reason), = table.skipped
+    assert label == blobs["grid"] and "TorchScript" in reason and "--allow-torchscript" in reason
+
+
 # ----- CLI ---------------------------------------------------------------------------------------------
 
 
@@ -365,7 +414,7 @@ def test_cli_rank_json_and_out(blobs, tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(app, [
         "rank", str(tmp_path / "blobs.npz"), "--candidates", f"{blobs['grid']},{blobs['noise']}", "--scores", "logme,knn",
-        "--combine", "logme,knn", "--method", "zscore", "--sample", "24", "--no-cost", "--json", "--out", str(out), "--cache-dir", str(tmp_path / "store"),
+        "--combine", "logme,knn", "--method", "zscore", "--sample", "24", "--no-cost", "--json", "--out", str(out), "--cache-dir", str(tmp_path / "store"), "--allow-torchscript",
     ])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
@@ -381,7 +430,7 @@ def test_cli_rank_json_and_out(blobs, tmp_path):
     assert [c["backbone"] for c in manifest["candidates"]] == [row["backbone"] for row in document["rows"]]
     store = FeatureStore(tmp_path / "store")
     for candidate in manifest["candidates"]:
-        assert candidate["weights_sha256"] == load_backbone(candidate["backbone"]).spec.sha256
+        assert candidate["weights_sha256"] == load_backbone(candidate["backbone"], allow_torchscript=True).spec.sha256
         assert store.meta(candidate["store_key"]) is not None
     sections = report_sections((out / "report.html").read_text())
     assert {"dataset", "rank", "manifest"} <= set(sections)
@@ -433,3 +482,18 @@ def test_pretrained_backbone_ranks_above_its_random_init_on_animal_mnist():
     pretrained = table.rows[0]
     assert pretrained.scores["leep"] is not None  # from the ImageNet classifier
     assert pretrained.cost.macs == pytest.approx(24.4e6, rel=0.05)  # 300M MACs at 224 px, /12.25 at 64 px
+
+
+def test_a_misspelt_tfidf_or_prefix_fails_before_any_candidate_is_ranked(blobs, monkeypatch):
+    """sk:tfidf is a candidate name like any other: a typo of it, or of a prefix, stops the ranking before any work."""
+    import headstart.features as features_package
+    from headstart.errors import UnknownBackboneError
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("extraction started before every candidate name was checked")
+
+    monkeypatch.setattr(features_package, "extract", no_extraction)  # rank_backbones imports it from the package
+    with pytest.raises(UnknownBackboneError, match="Did you mean: sk:tfidf"):
+        rank_backbones([blobs["grid"], "sk:tfdif"], blobs["data"], sample=30, cost=False, store=blobs["store"], quiet=True)
+    with pytest.raises(UnknownBackboneError, match="no known source prefix"):
+        rank_backbones([blobs["grid"], "tvv:mobilenet_v2"], blobs["data"], sample=30, cost=False, store=blobs["store"], quiet=True)

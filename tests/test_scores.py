@@ -124,6 +124,86 @@ def test_logme_of_all_zero_features_is_the_noise_only_evidence():
     assert logme(features, labels) == pytest.approx(per_class.mean(), rel=1e-9)
 
 
+def _with_rows(features, labels, extra_features, extra_labels):
+    return np.vstack([features, extra_features]), np.concatenate([labels, extra_labels])
+
+
+def _degenerate_cases(seed):
+    """30 x 80 random features, 3 classes (N < D), and variants with rank-deficient rows."""
+    rng = np.random.default_rng(seed)
+    features, labels = rng.standard_normal((30, 80)), np.arange(30) % 3
+    return {
+        "one duplicate": _with_rows(features, labels, features[:1], labels[:1]),
+        "five duplicates": _with_rows(features, labels, features[:5], labels[:5]),
+        "every row twice": _with_rows(features, labels, features, labels),
+        "duplicate with another label": _with_rows(features, labels, features[:1], (labels[:1] + 1) % 3),
+        "near-duplicate": _with_rows(features, labels, features[:1] + 1e-10 * rng.standard_normal((1, 80)), labels[:1]),
+    }, (features, labels)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_logme_ignores_exact_duplicate_rows_when_n_is_below_d(seed):
+    # The evidence of a class fitted exactly on rank-deficient rows has no upper bound; before the
+    # fix these scored -0.37, -0.26 and -0.60 against -0.87 without the duplicate.
+    cases, (features, labels) = _degenerate_cases(seed)
+    base = logme(features, labels)
+    assert reference_logme(features, labels) == pytest.approx(base, rel=1e-6)
+    for name in ("one duplicate", "five duplicates", "every row twice"):
+        assert logme(*cases[name]) == pytest.approx(base, rel=1e-9), name
+    # One more distinct sample moves the score about as little.
+    rng = np.random.default_rng(100 + seed)
+    assert logme(*_with_rows(features, labels, rng.standard_normal((1, 80)), labels[:1])) == pytest.approx(base, abs=0.01)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_logme_of_degenerate_features_does_not_depend_on_the_search_bracket(monkeypatch, seed):
+    cases, _ = _degenerate_cases(seed)
+    for name, (features, labels) in cases.items():
+        values = []
+        for bracket in (1e8, 1e15, 1e25):
+            monkeypatch.setattr(linear_evidence, "_BRACKET", bracket)
+            values.append(logme(features, labels))
+        assert all(np.isfinite(values)), name
+        assert values == pytest.approx([values[1]] * 3, rel=1e-9), name
+
+
+def test_logme_of_near_duplicates_and_conflicting_duplicates_stays_near_the_distinct_rows():
+    cases, (features, labels) = _degenerate_cases(1)
+    base = logme(features, labels)
+    assert logme(*cases["near-duplicate"]) == pytest.approx(base, abs=0.03)
+    assert logme(*cases["duplicate with another label"]) == pytest.approx(base, abs=0.03)
+
+
+def test_logme_with_more_features_than_samples_and_a_repeated_row_matches_the_reference_on_distinct_rows():
+    features, labels = clustered(60, 150, 3, 0.8)
+    doubled = _with_rows(features, labels, features[:7], labels[:7])
+    assert logme(*doubled) == pytest.approx(reference_logme(features, labels), rel=1e-6)
+
+
+def test_logme_is_undefined_when_the_labels_are_a_linear_function_of_the_features():
+    rng = np.random.default_rng(0)
+    labels = np.arange(200) % 3
+    # n > d and three columns are a mix of the one-hot labels: the residual is 0 and the evidence +inf.
+    features = np.hstack([np.eye(3)[labels] @ rng.standard_normal((3, 3)), rng.standard_normal((200, 20))])
+    with pytest.raises(ScoreUndefined, match=r"exact linear function of them \(200 distinct samples, rank 23\)"):
+        logme(features, labels)
+    results = compute_scores(features, labels, names=["logme", "hscore"])
+    assert isinstance(results["logme"], ScoreUndefined)
+    assert results["hscore"] == hscore(features, labels)
+    # Labels fitted to 1e-3 are not exact: a finite, high score.
+    noisy = features.copy()
+    noisy[:, :3] += 1e-3 * rng.standard_normal((200, 3))
+    assert logme(noisy, labels) > 1.0
+
+
+@pytest.mark.parametrize(("n_samples", "n_features", "dtype"), [(300, 40, np.float64), (500, 120, np.float32), (80, 200, np.float64)])
+def test_logme_of_full_rank_features_is_the_plain_fixed_point(n_samples, n_features, dtype):
+    # Ordinary features take none of the degenerate paths: the score is the paper's fixed point.
+    features, labels = clustered(n_samples, n_features, 4, 0.4, seed=7)
+    features = features.astype(dtype)
+    assert logme(features, labels) == pytest.approx(reference_logme(features, labels), rel=1e-6)
+
+
 def test_logme_does_not_depend_on_label_names():
     features, labels = clustered(120, 10, 3, 1.0)
     names = np.array(["cat", "dog", "emu"])[labels]
@@ -400,6 +480,61 @@ def test_one_failing_score_does_not_stop_the_others(monkeypatch):
     assert "LinAlgError: SVD did not converge" in results["hscore"].reason
     assert isinstance(results["hscore"].__cause__, np.linalg.LinAlgError)
     assert results["logme"] == logme(features, labels)
+
+
+@pytest.mark.parametrize(
+    "error", [TypeError("unsupported operand"), AttributeError("no attribute 'T'"), KeyError("x"), AssertionError(), ValueError("operands could not be broadcast")]
+)
+def test_a_programming_error_inside_a_score_propagates(monkeypatch, error):
+    def buggy(features, labels):
+        raise error
+
+    monkeypatch.setitem(SCORES, "hscore", buggy)
+    features, labels = clustered(60, 4, 3, 1.0)
+    with pytest.raises(type(error)):
+        compute_scores(features, labels, names=["hscore", "logme"])
+
+
+@pytest.mark.parametrize("error", [FloatingPointError("overflow"), ZeroDivisionError("float division"), MemoryError()])
+def test_numerical_failures_are_kept_as_undefined(monkeypatch, error):
+    def failing(features, labels):
+        raise error
+
+    monkeypatch.setitem(SCORES, "sfda", failing)
+    features, labels = clustered(60, 4, 3, 1.0)
+    results = compute_scores(features, labels, names=["sfda", "hscore"])
+    assert isinstance(results["sfda"], ScoreUndefined)
+    assert results["sfda"].reason.startswith(f"sfda failed: {type(error).__name__}")
+    assert results["sfda"].__cause__ is error
+    assert results["hscore"] == hscore(features, labels)
+
+
+@pytest.mark.parametrize("name", ["logme", "nleep", "hscore", "hscore_shrinkage", "sfda"])
+def test_features_too_large_for_float64_are_undefined_with_a_reason(name):
+    features, labels = clustered(60, 5, 3, 1.0)
+    with pytest.raises(ScoreUndefined, match=rf"{name} overflows float64 .* Rescale the features"):
+        SCORES[name](features * 1e160, labels)
+    # Large but safe features still score (Ledoit-Wolf sums fourth powers).
+    assert math.isfinite(SCORES[name](features * (1e60 if name == "hscore_shrinkage" else 1e100), labels))
+
+
+def test_nleep_turns_an_ill_defined_mixture_into_a_reason(monkeypatch):
+    from sklearn.mixture import GaussianMixture
+
+    def ill_defined(self, X, y=None):
+        raise ValueError("Fitting the mixture model failed because some components have ill-defined empirical covariance")
+
+    monkeypatch.setattr(GaussianMixture, "fit", ill_defined)
+    features, labels = clustered(60, 4, 3, 1.0)
+    with pytest.raises(ScoreUndefined, match=r"nleep: the Gaussian mixture cannot be fitted"):
+        nleep(features, labels)
+
+    def buggy(self, X, y=None):
+        raise ValueError("Expected 2D array, got 1D array instead")
+
+    monkeypatch.setattr(GaussianMixture, "fit", buggy)
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        nleep(features, labels)
 
 
 def test_compute_scores_rejects_unknown_names_and_bad_inputs_up_front():

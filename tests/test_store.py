@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -504,3 +505,37 @@ def test_store_files_honour_the_umask(tiny_arrays, tiny, store):
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in clean.path.iterdir() if p.is_file()}
     assert modes and set(modes.values()) == {0o640}, modes
+
+
+def test_key_holds_runtime_precision_and_the_init_versions(tiny_arrays, tiny):
+    from headstart.features.extract import key_parts, store_key
+
+    spec = tiny.spec
+    cpu = key_parts(spec, "pooled", "avg", "fp")
+    assert cpu["runtime"] == "torch" and cpu["precision"] == "fp32"
+    assert key_parts(spec, "pooled", "avg", "fp", device="cuda:0")["precision"] == "bf16"
+    assert store_key(spec, "pooled", "avg", "fp", device="cuda") != store_key(spec, "pooled", "avg", "fp", device="cpu"), \
+        "bf16 GPU features and fp32 CPU features never share an entry"
+    from importlib.metadata import version
+
+    assert spec.sha256.startswith("random-init"), "the tiny backbone is a seeded random initialisation"
+    assert cpu["init_versions"]["torch"] == version("torch") and cpu["init_versions"]["timm"] == version("timm")
+    assert "init_versions" not in key_parts(dataclasses.replace(spec, sha256="ab" * 32), "pooled", "avg", "fp")
+
+
+def test_content_fingerprint_sees_a_same_size_edit_that_keeps_the_mtime(tmp_path, monkeypatch):
+    from test_data import make_folder
+
+    root = make_folder(tmp_path / "imgs", {"a": 2, "b": 2})
+    data = load_data(root)
+    before_stat, before_content = data.fingerprint(), data.fingerprint(content=True)
+    target = Path(data.items[0])
+    stat = target.stat()
+    raw = bytearray(target.read_bytes())
+    raw[-5] ^= 0xFF  # same size
+    target.write_bytes(bytes(raw))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime
+    assert data.fingerprint() == before_stat, "size + mtime cannot see this edit"
+    assert data.fingerprint(content=True) != before_content
+    monkeypatch.setenv("HEADSTART_FINGERPRINT", "content")
+    assert data.fingerprint() == data.fingerprint(content=True)

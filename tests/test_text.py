@@ -7,6 +7,7 @@ so tokenisation is real and the network is fast. Real MiniLM weights run only in
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -288,6 +289,22 @@ def test_corrupt_packaged_text_weights_are_refused(tmp_path, monkeypatch):
     monkeypatch.setitem(packaged_module.PACKAGED, MINILM, entry)
     with pytest.raises(WeightsMismatchError, match="sha256"):
         load_backbone(MINILM)
+
+
+@pytest.mark.parametrize("prefix", ["st", "hf"])
+def test_a_recorded_sha256_is_checked_before_the_folder_weights_are_read(tiny_bert, tiny_st, prefix, monkeypatch):
+    import transformers
+
+    folder = tiny_st if prefix == "st" else tiny_bert
+    good = load_backbone(f"{prefix}:{folder}")
+    assert load_backbone(f"{prefix}:{folder}", expected_sha256=good.spec.sha256).spec.sha256 == good.spec.sha256
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the weights were read before their sha256 was checked")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", refuse)
+    with pytest.raises(WeightsMismatchError, match="0{64} was recorded"):
+        load_backbone(f"{prefix}:{folder}", expected_sha256="0" * 64)
 
 
 @pytest.mark.slow
@@ -601,6 +618,96 @@ def test_tfidf_multilabel():
     Y = np.array([[(i >> j) & 1 for j in range(3)] for i in range(1, 8)] * 6)
     model = TfidfLogReg(random_state=0).fit(texts, Y)
     assert model.predict(["alpha gamma"]).tolist() == [[1, 0, 1]]
+
+
+def _split_keywords() -> Dataset:
+    """The keyword data with a test split (every fourth pair of texts: one ham, one spam)."""
+    data = _keyword_dataset(30)
+    split = np.array(["test" if (i // 2) % 4 == 3 else "train" for i in range(len(data))], dtype=object)
+    return Dataset("keywords", "text", data.classes, data.items, data.labels, split)
+
+
+def test_probe_tfidf_beside_an_encoder_writes_a_tfidf_bundle(tiny_bert, tmp_path):
+    from headstart.bundles import TfidfBundle, load_bundle
+    from headstart.heads.tfidf import TfidfLogReg
+    from headstart.workflows.probe import probe
+
+    data = _split_keywords()
+    report = probe(data, [f"hf:{tiny_bert}@random", "sk:tfidf"], ["linear", "knn"], out=tmp_path / "run", quiet=True)
+    assert [(r.backbone, r.head) for r in report.runs] == [(f"hf:{tiny_bert}@random", "linear"), (f"hf:{tiny_bert}@random", "knn"), ("sk:tfidf", "linear")]
+    assert report.skipped_runs == [{"backbone": "sk:tfidf", "head": "knn", "reason": report.skipped_runs[0]["reason"]}]
+    assert "linear head only" in report.skipped_runs[0]["reason"]
+    tfidf_run = report.runs[-1]
+    assert tfidf_run.test.accuracy == 1.0 and tfidf_run.layer == "tfidf" and tfidf_run.store_key is None
+
+    # The run directory reports it beside the encoder; its bundle predicts as the same pipeline fitted in memory.
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [(r["backbone"], r["head"]) for r in metrics["runs"]][-1] == ("sk:tfidf", "linear") and metrics["skipped_runs"][0]["head"] == "knn"
+    assert "sk:tfidf" in (tmp_path / "run" / "results.csv").read_text()
+    assert "sk:tfidf + knn: sk:tfidf trains with the linear head only" in (tmp_path / "run" / "report.html").read_text()
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["runs"][-1]["backbone"] == "sk:tfidf" and len(manifest["runs"][-1]["weights_sha256"]) == 64
+    bundle = load_bundle(tfidf_run.bundle_path)
+    assert type(bundle) is TfidfBundle and bundle.classes == ["ham", "spam"]
+    train = np.flatnonzero(data.split == "train")
+    reference = TfidfLogReg(random_state=0).fit([data.items[i] for i in train], data.labels[train])
+    texts = ["please unsubscribe me", "the agenda for today", "nothing to see"]
+    np.testing.assert_allclose(bundle.predict_proba(texts), reference.predict_proba(texts), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(bundle.predict_proba(texts), tfidf_run.bundle.predict_proba(texts), atol=1e-12, rtol=0)
+    assert bundle.predict(texts)[:2] == ["spam", "ham"]
+
+
+def test_probe_checks_every_name_and_option_before_any_extraction(tiny_bert, monkeypatch):
+    from headstart.errors import LayerError, OptionError
+    from headstart.workflows import probe as probe_module
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("extraction started before every name was checked")
+
+    monkeypatch.setattr(probe_module, "extract", no_extraction)
+    data, good = _split_keywords(), f"hf:{tiny_bert}@random"
+    cases = [
+        ([good, "sk:tfidx"], ["linear"], {}, UnknownBackboneError, "Did you mean: sk:tfidf"),
+        ([good, "xx:model"], ["linear"], {}, UnknownBackboneError, "no known source prefix"),
+        ([good, "sk:tfidf"], ["linear", "forest"], {}, OptionError, "Unknown head 'forest'"),
+        ([good, "timm:test_efficientnet@random"], ["linear"], {}, DataError, "image backbone, but keywords holds text data"),
+        ([good, "sk:tfidf"], ["linear"], {"layer": "hidden.9"}, LayerError, "hidden.9"),
+        (["sk:tfidf"], ["knn"], {}, OptionError, "--head linear only"),
+        ([good, "sk:tfidf"], ["linear"], {"image_size": 64}, OptionError, "--image-size"),
+    ]
+    for backbones, heads, options, error, words in cases:
+        with pytest.raises(error, match=re.escape(words)):
+            probe_module.probe(data, backbones, heads, quiet=True, **options)
+
+
+def test_tfidf_has_no_features_to_extract_and_is_text_only(tiny_arrays):
+    from headstart.data.sources import assign_splits, from_arrays
+    from headstart.errors import OptionError
+
+    with pytest.raises(OptionError, match="no fixed features to extract.*headstart probe DATA -b sk:tfidf"):
+        extract("sk:tfidf", _split_keywords(), quiet=True)
+    images = assign_splits(from_arrays(*tiny_arrays), per_class=None, seed=0, test_fraction=0.2)
+    with pytest.raises(DataError, match="sk:tfidf is a text baseline"):
+        extract("sk:tfidf", images, quiet=True)
+    with pytest.raises(UnknownBackboneError, match="not a network"):
+        load_backbone("sk:tfidf")
+
+
+def test_cli_probe_tfidf_then_predict(tmp_path):
+    from typer.testing import CliRunner
+
+    from headstart.cli import app
+
+    data = _split_keywords()
+    path = tmp_path / "mail.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "label": data.classes[y], "split": s}) for t, y, s in zip(data.items, data.labels, data.split)))
+    runner = CliRunner()
+    probed = runner.invoke(app, ["probe", str(path), "-b", "sk:tfidf", "--out", str(tmp_path / "run"), "--json"])
+    assert probed.exit_code == 0, probed.output
+    assert json.loads(probed.stdout)["best"]["backbone"] == "sk:tfidf"
+    predicted = runner.invoke(app, ["predict", str(tmp_path / "run" / "bundle"), "unsubscribe from this list", "agenda attached", "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    assert [row["label"] for row in json.loads(predicted.stdout)] == ["spam", "ham"]
 
 
 # ----- fine-tuning ---------------------------------------------------------------------------------

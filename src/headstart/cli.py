@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from headstart.commands.common import (
+    AllowTorchScript,
     CacheDir,
     ImageSize,
     Json,
@@ -91,6 +92,7 @@ def extract_cmd(
     text_column: TextColumn = None,
     label_column: LabelColumn = "label",
     trust_remote_code: TrustRemoteCode = False,
+    allow_torchscript: AllowTorchScript = False,
     cache_dir: CacheDir = None,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -103,7 +105,7 @@ def extract_cmd(
     features = extract(
         backbone, dataset, layer=layer, pool=pool, image_size=image_size, batch_size=batch_size,
         num_workers=workers, device=device, decode=decode, compile=compile_model, store=store_from(cache_dir),
-        quiet=quiet or json_out, trust_remote_code=trust_remote_code,
+        quiet=quiet or json_out, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript,
     )
     summary = features.summary()
     summary["skipped_items"] = [{"item": item, "reason": reason} for item, reason in features.skipped]
@@ -121,8 +123,8 @@ def extract_cmd(
 @app.command("probe")
 def probe_cmd(
     data: Annotated[str, typer.Argument(help="Image or .txt folder, .csv/.tsv/.jsonl manifest or text table, .npz, or builtin:NAME.")],
-    backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="Backbone name; repeat to compare several.")],
-    head: Annotated[list[str], typer.Option("--head", help="linear, knn or mlp; repeat to compare several.")] = ["linear"],  # noqa: B006
+    backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="Backbone name; repeat to compare several. sk:tfidf (text): TF-IDF + logistic regression on the raw texts.")],
+    head: Annotated[list[str], typer.Option("--head", help="linear, knn or mlp; repeat to compare several (sk:tfidf trains with linear only).")] = ["linear"],  # noqa: B006
     layer: Annotated[Optional[str], typer.Option("--layer", help="Layer to probe (default: pooled penultimate).")] = None,
     pool: Annotated[str, typer.Option("--pool", help="avg, max, avgmax, token or none.")] = "avg",
     per_class: PerClass = None,
@@ -132,6 +134,7 @@ def probe_cmd(
     text_column: TextColumn = None,
     label_column: LabelColumn = "label",
     trust_remote_code: TrustRemoteCode = False,
+    allow_torchscript: AllowTorchScript = False,
     cache_dir: CacheDir = None,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -144,8 +147,12 @@ def probe_cmd(
     out = out or Path("runs") / f"probe-{time.strftime('%Y%m%d-%H%M%S')}"
     report = probe(
         dataset, backbone, head, layer=layer, pool=pool, image_size=image_size, seed=seed, out=out,
-        store=store_from(cache_dir), quiet=quiet or json_out, trust_remote_code=trust_remote_code,
+        store=store_from(cache_dir), quiet=quiet or json_out, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript,
     )
+    from headstart.console import err_console
+
+    for skip in report.skipped_runs:
+        err_console.print(f"skipped {skip['backbone']} + {skip['head']}: {skip['reason']}", markup=False, highlight=False, soft_wrap=True)
     if json_out:
         print_json(report.to_dict())
         return
@@ -158,24 +165,30 @@ def probe_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    bundle: Annotated[Path, typer.Argument(help="A bundle folder written by probe or finetune.")],
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder, or the --out folder of a probe, finetune, detect or segment run (its best bundle).")],
     inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files or folders of images; for a text bundle, the texts themselves. - reads one per line from stdin.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read inputs from a file: one per line, or a .csv/.tsv/.jsonl column (--text-column).")] = None,
     text_column: Annotated[str, typer.Option("--text-column", help="Column holding the text when --file is a .csv/.tsv/.jsonl table.")] = "text",
     top_k: Annotated[int, typer.Option("--top-k", help="Probabilities to show per input.")] = 3,
     trust_remote_code: TrustRemoteCode = False,
+    allow_torchscript: AllowTorchScript = False,
     json_out: Json = False,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV on stdout.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for predictions.json and, for detection and segmentation bundles, images with boxes drawn or masks and overlays.")] = None,
 ) -> None:
     """Predict with a saved bundle (classification, detection or segmentation); unreadable inputs are reported and skipped."""
-    from headstart.bundles import load_bundle
+    from headstart.bundles import load_bundle, locate_bundle
     from headstart.data.dataset import IMAGE_EXTENSIONS
     from headstart.data.text_sources import read_texts
     from headstart.io import check_out_dir
 
     check_out_dir(out)
-    model = load_bundle(bundle, trust_remote_code=trust_remote_code)
+    bundle, in_run = locate_bundle(bundle)
+    if in_run:
+        from headstart.console import err_console
+
+        err_console.print(f"using bundle {bundle} (the run's best)", markup=False, highlight=False, soft_wrap=True)
+    model = load_bundle(bundle, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript)
     is_text = model.spec.modality == "text"
     given: list[str] = []
     skipped_lines: list[tuple[str, str]] = []
@@ -372,7 +385,7 @@ def main() -> None:
     except HeadstartError as exc:
         if debug:
             err_console.print_exception()
-        err_console.print(_error_line("error:", str(exc)), highlight=False, soft_wrap=True)
+        err_console.print(_error_line("error:", " ".join(str(exc).split())), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         err_console.print(RESUME_HINT, soft_wrap=True)

@@ -9,7 +9,10 @@ preprocessing::
      "num_classes": 1000}
 
 For TorchScript files, ``arch`` may be omitted; the module's output is taken as pooled features.
-State dicts load with ``torch.load(weights_only=True)``; pickled code is never executed.
+Loading TorchScript runs the code the file holds, so it needs an explicit opt-in:
+``load_backbone(name, allow_torchscript=True)`` (``--allow-torchscript`` on the command line).
+State dicts load with ``torch.load(weights_only=True)``; pickled code is never executed. A recorded
+sha256 (``expected_sha256``) is checked before the file is read.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from pathlib import Path
 import torch
 
 from headstart.backbones.module import Backbone
-from headstart.backbones.packaged import sha256_file
+from headstart.backbones.packaged import check_expected_sha256
 from headstart.backbones.spec import BackboneSpec
 from headstart.errors import DataError, UnknownBackboneError, WeightsUnavailableError
 
 _PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
+SUPPORTS_TORCHSCRIPT = True
 
 
 def sidecar_path(path: Path) -> Path:
@@ -100,14 +104,34 @@ def _build_arch(arch: str, num_classes: int | None) -> Backbone:
     raise UnknownBackboneError(f"Sidecar arch {arch!r} must start with tv: or timm:, for example tv:mobilenet_v2.")
 
 
-def load(name: str, pretrained: bool = True) -> Backbone:
-    """Load ``file:PATH``; ``pretrained=False`` keeps the architecture and skips the weights."""
+def load(name: str, pretrained: bool = True, *, allow_torchscript: bool = False, expected_sha256: str | None = None) -> Backbone:
+    """Load ``file:PATH``; ``pretrained=False`` keeps the architecture and skips the weights.
+
+    Args:
+        name: ``file:PATH``.
+        pretrained: False builds the sidecar's architecture without reading the weights (a
+            TorchScript file is its own architecture, and is always read).
+        allow_torchscript: Load a TorchScript file (``torch.jit.load`` runs the code it holds).
+        expected_sha256: The sha256 the file must have; checked before the file is read.
+
+    Raises:
+        WeightsUnavailableError: The file or its sidecar is missing or unreadable, or it is
+            TorchScript and ``allow_torchscript`` is off.
+        WeightsMismatchError: The file's sha256 is not ``expected_sha256``.
+    """
     path = Path(name.removeprefix("file:")).expanduser()
     if not path.is_file():
         raise WeightsUnavailableError(f"file:{path} does not exist. Give the path of a .safetensors, .pt or .pth file.")
     path = path.resolve()
-    sha256 = sha256_file(path)
+    reads_weights = pretrained or _is_torchscript(path)
+    sha256 = check_expected_sha256(path, expected_sha256 if reads_weights else None, f"file:{path}")
     if _is_torchscript(path):
+        if not allow_torchscript:
+            raise WeightsUnavailableError(
+                f"file:{path} is a TorchScript file, and loading TorchScript runs the code it holds, so headstart does not load it "
+                "unless asked. If you trust where it came from, pass --allow-torchscript (Python: allow_torchscript=True); "
+                "or save a state dict or .safetensors file with a sidecar spec instead."
+            )
         side = _read_sidecar(path, required=False)
         model = torch.jit.load(str(path), map_location="cpu").eval()
         spec = BackboneSpec(

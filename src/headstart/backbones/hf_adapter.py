@@ -18,7 +18,7 @@ from torch import nn
 
 from headstart.backbones.folders import is_text_folder, packaged_folder, resolve_hub_folder
 from headstart.backbones.module import Backbone, stage_param_groups
-from headstart.backbones.packaged import sha256_file
+from headstart.backbones.packaged import check_expected_sha256
 from headstart.backbones.spec import BackboneSpec
 from headstart.backbones.text_adapter import load_folder
 from headstart.errors import WeightsUnavailableError, require
@@ -56,25 +56,29 @@ def _block_names(trunk: nn.Module, num_layers: int) -> list[str]:
     return []
 
 
-def _weights_sha(folder: Path) -> str:
+def _weights_sha(folder: Path, expected: str | None = None, name: str = "") -> str:
+    """The sha256 of the folder's weight file (checked against ``expected`` when given), before anything reads it."""
     for filename in ("model.safetensors", "pytorch_model.bin"):
         if (folder / filename).is_file():
-            return sha256_file(folder / filename)
+            return check_expected_sha256(folder / filename, expected, name)
     raise WeightsUnavailableError(f"{folder} holds no model.safetensors or pytorch_model.bin.")
 
 
-def load(name: str, pretrained: bool = True, trust_remote_code: bool = False) -> Backbone:
-    """Load an ``hf:`` backbone: a vision model here, a text encoder through the text adapter."""
+def load(name: str, pretrained: bool = True, trust_remote_code: bool = False, *, expected_sha256: str | None = None) -> Backbone:
+    """Load an ``hf:`` backbone: a vision model here, a text encoder through the text adapter.
+
+    ``expected_sha256`` (a bundle's record) is checked against the folder's weight file before it is read.
+    """
     transformers = require("transformers", "hf")
     repo = name.removeprefix("hf:")
     folder = packaged_folder(name) or resolve_hub_folder(repo)
     if is_text_folder(folder):
-        return load_folder(folder, f"hf:{repo}", "hf", pretrained=pretrained, trust_remote_code=trust_remote_code)
+        return load_folder(folder, f"hf:{repo}", "hf", pretrained=pretrained, trust_remote_code=trust_remote_code, expected_sha256=expected_sha256)
     trust = bool(trust_remote_code)
     config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=trust)
     if pretrained:
+        sha256 = _weights_sha(folder, expected_sha256, name)
         model = transformers.AutoModel.from_pretrained(folder, trust_remote_code=trust)
-        sha256 = _weights_sha(folder)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

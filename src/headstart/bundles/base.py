@@ -22,6 +22,8 @@ from headstart.errors import DataError
 
 BUNDLE_FORMAT = 1
 KINDS: dict[str, type] = {}  # kind -> bundle class; filled by register_kind
+RUN_BUNDLE_DIR = "bundle"  # where probe, finetune, detect and segment runs save their best model
+DAMAGED = "the bundle is damaged; save it again from its run, or retrain"
 
 
 def register_kind(*kinds: str):
@@ -33,6 +35,57 @@ def register_kind(*kinds: str):
         return cls
 
     return register
+
+
+def locate_bundle(path: str | Path) -> tuple[Path, bool]:
+    """The bundle folder ``path`` names: itself, or the ``bundle/`` of a run's ``--out`` folder.
+
+    Returns:
+        The folder, and whether it is a run folder's ``bundle/`` (the run's best model).
+    """
+    path = Path(path)
+    if not (path / "bundle.json").is_file() and (path / RUN_BUNDLE_DIR / "bundle.json").is_file():
+        return path / RUN_BUNDLE_DIR, True
+    return path, False
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as ``Type: message`` on one short line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def damaged_file(path: Path, exc: BaseException) -> DataError:
+    """The error for a bundle file that is missing or cannot be read."""
+    if isinstance(exc, FileNotFoundError):
+        return DataError(f"{path} is missing; {DAMAGED}.")
+    return DataError(f"{path} cannot be read ({one_line(exc)}); {DAMAGED}.")
+
+
+def require_fields(document: dict[str, Any], path: str | Path, required: dict[str, Any], optional: dict[str, Any] | None = None) -> None:
+    """Check bundle.json's fields: each of ``required`` is present, and every field present has its type.
+
+    Args:
+        document: The parsed bundle.json.
+        path: The bundle folder (for the message).
+        required: Field name -> type (or tuple of types) of the fields every bundle of this kind holds.
+        optional: The same for fields older bundles may lack.
+
+    Raises:
+        DataError: A required field is missing, or a field has another type; the message names it.
+    """
+    where = Path(path) / "bundle.json"
+    for name, kind in {**required, **(optional or {})}.items():
+        if name not in document:
+            if name in required:
+                raise DataError(f"{where} has no {name!r} field, which every bundle of its kind holds; {DAMAGED}.")
+            continue
+        value = document[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            wanted = " or ".join("null" if t is type(None) else t.__name__ for t in kinds)
+            found = "null" if value is None else type(value).__name__
+            raise DataError(f"{where}: the {name!r} field is a {found}, not a {wanted}; {DAMAGED}.")
 
 
 def read_document(path: str | Path, hint: str = "Give the --out folder of a probe, finetune, detect or segment run.") -> dict[str, Any]:
@@ -66,7 +119,10 @@ def check_format(document: dict[str, Any], path: str | Path) -> None:
     Raises:
         DataError: Its ``format`` is newer than :data:`BUNDLE_FORMAT`.
     """
-    if document.get("format", 0) > BUNDLE_FORMAT:
+    version = document.get("format", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise DataError(f"{Path(path) / 'bundle.json'}: the 'format' field is a {type(version).__name__}, not a number; {DAMAGED}.")
+    if version > BUNDLE_FORMAT:
         raise DataError(f"{path} was written by a newer headstart (format {document['format']}); upgrade headstart.")
 
 
@@ -81,23 +137,28 @@ def bundle_class(kind: str, path: str | Path) -> type:
     return KINDS[kind]
 
 
-def load_bundle(path: str | Path, *, trust_remote_code: bool = False):
+def load_bundle(path: str | Path, *, trust_remote_code: bool = False, allow_torchscript: bool = False):
     """Load any bundle folder as the class its ``kind`` names; the model itself loads on first use.
 
     Args:
-        path: The bundle folder (holding ``bundle.json``).
+        path: The bundle folder (holding ``bundle.json``), or the ``--out`` folder of a probe,
+            finetune, detect or segment run, whose ``bundle/`` (the run's best model) is loaded;
+            the returned bundle's ``path`` says which folder it is.
         trust_remote_code: Let an ``hf:``/``st:`` backbone folder run the code it ships, when the
             backbone loads.
+        allow_torchscript: Let a ``file:`` TorchScript backbone load (it runs the code it holds).
 
     Returns:
         A :class:`~headstart.bundles.classifier.Bundle` or a :class:`~headstart.bundles.task.TaskBundle`;
         both predict with ``predict_batch(inputs, top_k)``.
 
     Raises:
-        DataError: The folder is not a bundle, or is from a newer headstart.
+        DataError: The folder is not a bundle, is from a newer headstart, or is damaged (a field
+            of bundle.json missing or of the wrong type, a file missing or unreadable).
     """
+    path, _ = locate_bundle(path)
     document = read_document(path)
-    return bundle_class(bundle_kind(document), path).load(path, document, trust_remote_code=trust_remote_code)
+    return bundle_class(bundle_kind(document), path).load(path, document, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript)
 
 
 def describe(item: Any) -> str:

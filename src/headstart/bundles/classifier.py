@@ -29,12 +29,28 @@ import torch
 from headstart.backbones import Backbone, BackboneSpec, load_backbone
 from headstart.backbones.packaged import sha256_file
 from headstart.backbones.registry import allows_remote_code
-from headstart.bundles.base import BUNDLE_FORMAT, bundle_class, bundle_kind, check_format, describe, read_document, register_kind
+from headstart.bundles.base import (
+    BUNDLE_FORMAT,
+    DAMAGED,
+    bundle_class,
+    bundle_kind,
+    check_format,
+    damaged_file,
+    describe,
+    locate_bundle,
+    one_line,
+    read_document,
+    register_kind,
+    require_fields,
+)
 from headstart.errors import DataError, WeightsMismatchError
 from headstart.io import atomic_write_bytes, atomic_write_json
 from headstart.versions import package_versions
 
 KIND = "classification"
+# The fields every classification bundle.json holds (every version has written them), and their types.
+REQUIRED = {"backbone": dict, "classes": list, "head": dict, "finetuned_backbone_sha256": (str, type(None))}
+OPTIONAL = {"adapter": (dict, type(None)), "layer": str, "pool": str, "metrics": dict, "manifest": dict, "modality": str}
 
 
 @dataclass
@@ -67,6 +83,8 @@ class Bundle:
         finetuned: Whether the backbone's weights differ from ``spec`` (saved in the bundle).
         trust_remote_code: Let an ``hf:``/``st:`` backbone folder run the code it ships when the
             backbone loads (``--trust-remote-code``).
+        allow_torchscript: Let a ``file:`` TorchScript backbone load when the backbone loads
+            (``--allow-torchscript``; it runs the code it holds).
     """
 
     kind = KIND
@@ -83,6 +101,7 @@ class Bundle:
         backbone: Backbone | None = None,
         finetuned: bool = False,
         trust_remote_code: bool = False,
+        allow_torchscript: bool = False,
     ) -> None:
         self.spec = spec
         self.head = head
@@ -94,6 +113,7 @@ class Bundle:
         self._backbone = backbone
         self.finetuned = finetuned
         self.trust_remote_code = trust_remote_code
+        self.allow_torchscript = allow_torchscript
         self.path: Path | None = None
         self._finetuned_sha: str | None = None
         self._adapter: dict[str, Any] | None = None
@@ -144,7 +164,9 @@ class Bundle:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, document: dict[str, Any] | None = None, *, trust_remote_code: bool = False) -> Bundle:
+    def load(
+        cls, path: str | Path, document: dict[str, Any] | None = None, *, trust_remote_code: bool = False, allow_torchscript: bool = False
+    ) -> Bundle:
         """Load a bundle directory; the backbone itself loads on first use.
 
         A detection or segmentation bundle (its ``kind`` in bundle.json) loads as the class that kind
@@ -152,40 +174,62 @@ class Bundle:
         which predicts with the same ``predict_batch`` contract.
 
         Args:
-            path: The bundle folder.
+            path: The bundle folder, or a run's ``--out`` folder (its ``bundle/`` is loaded).
             document: Its parsed ``bundle.json``, when the caller has read it already.
             trust_remote_code: Let an ``hf:``/``st:`` backbone folder run the code it ships.
+            allow_torchscript: Let a ``file:`` TorchScript backbone load (it runs the code it holds).
 
         Raises:
-            DataError: The folder is not a bundle.
+            DataError: The folder is not a bundle, or it is damaged: a field of bundle.json missing or
+                of the wrong type, ``head.safetensors`` missing or unreadable.
         """
         from safetensors.numpy import load_file
 
         from headstart.heads import head_from_state
 
-        path = Path(path)
         if document is None:
+            path, _ = locate_bundle(path)
             document = read_document(path, "Give the --out folder of a probe or finetune run.")
+        path = Path(path)
         kind = bundle_kind(document)
         if kind != KIND:
             # Detection and segmentation bundles: same folder layout idea, same predict_batch contract.
-            return bundle_class(kind, path).load(path, document, trust_remote_code=trust_remote_code)
+            return bundle_class(kind, path).load(path, document, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript)
         check_format(document, path)
-        head = head_from_state(load_file(str(path / "head.safetensors")), document["head"])
+        require_fields(document, path, REQUIRED, OPTIONAL)
+        if not all(isinstance(c, str) for c in document["classes"]):
+            raise DataError(f"{path / 'bundle.json'}: the 'classes' field holds something other than class names; {DAMAGED}.")
+        adapter = document.get("adapter")
+        if adapter is not None and not isinstance(adapter.get("sha256"), str):
+            raise DataError(f"{path / 'bundle.json'}: the 'adapter' field has no 'sha256' of adapter.safetensors; {DAMAGED}.")
+        try:
+            spec = BackboneSpec.from_dict(document["backbone"])
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{path / 'bundle.json'}: the 'backbone' field is not a backbone spec ({one_line(exc)}); {DAMAGED}.") from None
+        head_file = path / "head.safetensors"
+        try:
+            arrays = load_file(str(head_file))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError, OSError and more for a bad file
+            raise damaged_file(head_file, exc) from None
+        try:
+            head = head_from_state(arrays, document["head"])
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise DataError(f"{head_file} does not fit the 'head' field of bundle.json ({one_line(exc)}); {DAMAGED}.") from None
         bundle = cls(
-            spec=BackboneSpec.from_dict(document["backbone"]),
+            spec=spec,
             head=head,
             classes=document["classes"],
             layer=document.get("layer", "pooled"),
             pool=document.get("pool", "avg"),
             metrics=document.get("metrics", {}),
             manifest=document.get("manifest", {}),
-            finetuned=bool(document.get("finetuned_backbone_sha256")),
+            finetuned=bool(document["finetuned_backbone_sha256"]),
             trust_remote_code=trust_remote_code,
+            allow_torchscript=allow_torchscript,
         )
         bundle.path = path
-        bundle._finetuned_sha = document.get("finetuned_backbone_sha256")
-        bundle._adapter = document.get("adapter")
+        bundle._finetuned_sha = document["finetuned_backbone_sha256"]
+        bundle._adapter = adapter
         return bundle
 
     def _adapter_settings(self) -> dict[str, Any] | None:
@@ -220,7 +264,14 @@ class Bundle:
     def _load_backbone(self) -> Backbone:
         recorded = self.spec
         name = recorded.name
-        backbone = load_backbone(name, trust_remote_code=self.trust_remote_code and allows_remote_code(name))
+        try:
+            # The recorded sha256 is checked against the weight file before anything reads it.
+            backbone = load_backbone(
+                name, trust_remote_code=self.trust_remote_code and allows_remote_code(name), allow_torchscript=self.allow_torchscript,
+                expected_sha256=recorded.sha256,
+            )
+        except WeightsMismatchError as exc:
+            raise WeightsMismatchError(f"The bundle {self.path} was trained on {name} with weights sha256 {recorded.sha256}: {exc}") from None
         if backbone.spec.sha256 != recorded.sha256:
             raise WeightsMismatchError(
                 f"The bundle {self.path} was trained on {name} with weights sha256 {recorded.sha256}, "
@@ -229,25 +280,33 @@ class Bundle:
             )
         adapter = self._adapter
         if adapter:
-            from safetensors.torch import load_file
-
             from headstart.backbones.lora import load_adapters
 
-            weights = self.path / "adapter.safetensors"
-            actual = sha256_file(weights)
-            if actual != adapter["sha256"]:
-                raise WeightsMismatchError(f"{weights} has sha256 {actual}, not the recorded {adapter['sha256']}; the bundle is damaged.")
-            load_adapters(backbone.model, adapter, load_file(str(weights)))
+            load_adapters(backbone.model, adapter, self._read_weights("adapter.safetensors", adapter["sha256"]))
         if self.finetuned:
-            from safetensors.torch import load_file
-
-            weights = self.path / "backbone.safetensors"
-            actual = sha256_file(weights)
-            if actual != self._finetuned_sha:
-                raise WeightsMismatchError(f"{weights} has sha256 {actual}, not the recorded {self._finetuned_sha}; the bundle is damaged.")
-            backbone.model.load_state_dict(load_file(str(weights)))
+            state = self._read_weights("backbone.safetensors", self._finetuned_sha)
+            try:
+                backbone.model.load_state_dict(state)
+            except (RuntimeError, KeyError, ValueError) as exc:
+                raise DataError(f"{self.path / 'backbone.safetensors'} does not fit {name} ({one_line(exc)}); {DAMAGED}.") from None
         backbone.spec = dataclasses.replace(backbone.spec, input_size=recorded.input_size)
         return backbone.eval()
+
+    def _read_weights(self, filename: str, recorded: str) -> dict[str, torch.Tensor]:
+        """A safetensors file of the bundle, read only after its sha256 matched the recorded one."""
+        from safetensors.torch import load_file
+
+        weights = self.path / filename
+        try:
+            actual = sha256_file(weights)
+        except OSError as exc:
+            raise damaged_file(weights, exc) from None
+        if actual != recorded:
+            raise WeightsMismatchError(f"{weights} has sha256 {actual}, not the recorded {recorded}; {DAMAGED}.")
+        try:
+            return load_file(str(weights))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises SafetensorError, OSError and more for a bad file
+            raise damaged_file(weights, exc) from None
 
     # ----- prediction -------------------------------------------------------------------------
 

@@ -26,12 +26,27 @@ import numpy as np
 
 from headstart.backbones import BackboneSpec
 from headstart.backbones.registry import allows_remote_code
-from headstart.bundles.base import BUNDLE_FORMAT, bundle_kind, check_format, describe, read_document, register_kind
+from headstart.bundles.base import (
+    BUNDLE_FORMAT,
+    DAMAGED,
+    bundle_kind,
+    check_format,
+    damaged_file,
+    describe,
+    locate_bundle,
+    one_line,
+    read_document,
+    register_kind,
+    require_fields,
+)
 from headstart.bundles.draw import draw_boxes, overlay, read_image, unique_stem
 from headstart.data.scenes.scene import IGNORE_INDEX
 from headstart.errors import DataError, WeightsMismatchError
 
 TASKS = ("detection", "segmentation")
+# The fields every detection/segmentation bundle.json holds (every version has written them), and their types.
+REQUIRED = {"backbone": dict, "model": dict, "model_sha256": str, "classes": list}
+OPTIONAL = {"score_threshold": (int, float), "ignore_index": int, "metrics": dict, "manifest": dict, "modality": str}
 
 
 @dataclass
@@ -92,6 +107,8 @@ class TaskBundle:
         ignore_index: Segmentation: the mask value of unscored pixels.
         trust_remote_code: Let an ``hf:``/``st:`` backbone folder run the code it ships when the
             network is built (``--trust-remote-code``).
+        allow_torchscript: Let a ``file:`` TorchScript backbone load when the network is built
+            (``--allow-torchscript``; it runs the code it holds).
     """
 
     def __init__(
@@ -106,6 +123,7 @@ class TaskBundle:
         score_threshold: float = 0.5,
         ignore_index: int = IGNORE_INDEX,
         trust_remote_code: bool = False,
+        allow_torchscript: bool = False,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task={task!r} is not one of {', '.join(TASKS)}.")
@@ -119,6 +137,7 @@ class TaskBundle:
         self.score_threshold = score_threshold
         self.ignore_index = ignore_index
         self.trust_remote_code = trust_remote_code
+        self.allow_torchscript = allow_torchscript
         self.path: Path | None = None
         self._model_sha: str | None = None
 
@@ -160,27 +179,37 @@ class TaskBundle:
         return self.task
 
     @classmethod
-    def load(cls, path: str | Path, document: dict[str, Any] | None = None, *, trust_remote_code: bool = False) -> TaskBundle:
+    def load(
+        cls, path: str | Path, document: dict[str, Any] | None = None, *, trust_remote_code: bool = False, allow_torchscript: bool = False
+    ) -> TaskBundle:
         """Load a bundle folder; the network is built on first use.
 
         Args:
-            path: The bundle folder.
+            path: The bundle folder, or a run's ``--out`` folder (its ``bundle/`` is loaded).
             document: Its parsed ``bundle.json``, when the caller has read it already.
             trust_remote_code: Let an ``hf:``/``st:`` backbone folder run the code it ships.
+            allow_torchscript: Let a ``file:`` TorchScript backbone load (it runs the code it holds).
 
         Raises:
-            DataError: Not a detection or segmentation bundle, or from a newer headstart.
+            DataError: Not a detection or segmentation bundle, from a newer headstart, or damaged
+                (a field of bundle.json missing or of the wrong type).
         """
-        path = Path(path)
         if document is None:
+            path, _ = locate_bundle(path)
             document = read_document(path, "Give the --out folder's bundle/ of a detect or segment run.")
+        path = Path(path)
         kind = bundle_kind(document)
         if kind not in TASKS:
             raise DataError(f"{path} is a {kind} bundle, not a detection or segmentation one.")
         check_format(document, path)
+        require_fields(document, path, REQUIRED, OPTIONAL)
+        try:
+            spec = BackboneSpec.from_dict(document["backbone"])
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{path / 'bundle.json'}: the 'backbone' field is not a backbone spec ({one_line(exc)}); {DAMAGED}.") from None
         bundle = cls(
             task=kind,
-            spec=BackboneSpec.from_dict(document["backbone"]),
+            spec=spec,
             config=document["model"],
             classes=document["classes"],
             metrics=document.get("metrics", {}),
@@ -188,9 +217,10 @@ class TaskBundle:
             score_threshold=float(document.get("score_threshold", 0.5)),
             ignore_index=int(document.get("ignore_index", IGNORE_INDEX)),
             trust_remote_code=trust_remote_code,
+            allow_torchscript=allow_torchscript,
         )
         bundle.path = path
-        bundle._model_sha = document.get("model_sha256")
+        bundle._model_sha = document["model_sha256"]
         return bundle
 
     @property
@@ -210,12 +240,21 @@ class TaskBundle:
         if not weights.is_file():
             raise DataError(f"{self.path} has no model.safetensors; the bundle is incomplete.")
         actual = sha256_file(weights)
-        if self._model_sha and actual != self._model_sha:
-            raise WeightsMismatchError(f"{weights} has sha256 {actual}, not the recorded {self._model_sha}; the bundle is damaged.")
+        if actual != self._model_sha:
+            raise WeightsMismatchError(f"{weights} has sha256 {actual}, not the recorded {self._model_sha}; {DAMAGED}.")
         trust = self.trust_remote_code and allows_remote_code(self.spec.name)
-        backbone = load_backbone(self.spec.name, pretrained=False, trust_remote_code=trust)
-        model = build_model(self.task, backbone, self.config)
-        model.network.load_state_dict(load_file(str(weights)))
+        # The architecture only: no pretrained weights are read (a TorchScript file is, after its sha256 is checked).
+        backbone = load_backbone(
+            self.spec.name, pretrained=False, trust_remote_code=trust, allow_torchscript=self.allow_torchscript, expected_sha256=self.spec.sha256,
+        )
+        try:
+            model = build_model(self.task, backbone, self.config)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{self.path / 'bundle.json'}: the 'model' field does not describe a {self.task} network ({one_line(exc)}); {DAMAGED}.") from None
+        try:
+            model.network.load_state_dict(load_file(str(weights)))
+        except Exception as exc:  # noqa: BLE001 - safetensors and load_state_dict raise many types for a bad file
+            raise damaged_file(weights, exc) from None
         return model.eval()
 
     # ----- prediction -------------------------------------------------------------------------

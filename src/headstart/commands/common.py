@@ -17,6 +17,9 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (messag
 Out = Annotated[Optional[Path], typer.Option("--out", help="Output directory (run directory or bundle).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Feature store folder (default: $HEADSTART_CACHE or ~/.cache/headstart).")]
+AllowTorchScript = Annotated[
+    bool, typer.Option("--allow-torchscript", help="Let a file: TorchScript backbone load; it runs the code it holds (off by default).")
+]
 
 
 def print_json(data) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from headstart.commands.common import CacheDir, ImageSize, Json, Out, PerClass, Quiet, Seed, print_json, store_from
+from headstart.commands.common import AllowTorchScript, CacheDir, ImageSize, Json, Out, PerClass, Quiet, Seed, print_json, store_from
 
 
 def finetune_cmd(
@@ -46,6 +46,7 @@ def finetune_cmd(
     seed: Seed = 0,
     out: Out = None,
     cache_dir: CacheDir = None,
+    allow_torchscript: AllowTorchScript = False,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -53,7 +54,7 @@ def finetune_cmd(
     from headstart.finetune import finetune
 
     if explain:
-        _explain(backbone, strategy, policy, epochs, lr, image_size, (lora_rank, lora_alpha, lora_targets))
+        _explain(backbone, strategy, policy, epochs, lr, image_size, (lora_rank, lora_alpha, lora_targets), allow_torchscript)
         return
     if out is None:
         if resume:
@@ -61,6 +62,10 @@ def finetune_cmd(
 
             raise HeadstartError("--resume needs the run folder: pass --out DIR of the run to continue.")
         out = Path("runs") / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
+    if allow_torchscript:
+        from headstart.backbones import load_backbone
+
+        backbone = load_backbone(backbone, allow_torchscript=True)  # finetune() loads a name without the opt-in
     result = finetune(
         data,
         backbone,
@@ -105,12 +110,12 @@ def finetune_cmd(
         console.print(f"report: {result.out / 'report.html'}")
 
 
-def _explain(backbone: str, strategy, policy, epochs: int, lr, image_size, lora: tuple[int, float, str]) -> None:
+def _explain(backbone: str, strategy, policy, epochs: int, lr, image_size, lora: tuple[int, float, str], allow_torchscript: bool = False) -> None:
     """Print the plan without training (the data is not read); the policy is resolved as ``finetune`` resolves it, LoRA settings included."""
     from headstart.backbones import load_backbone
     from headstart.finetune import DEFAULT_LR, FinetuneModel, resolve_policy
 
-    loaded = load_backbone(backbone)
+    loaded = load_backbone(backbone, allow_torchscript=allow_torchscript)
     loaded.spec = loaded.spec.with_input_size(image_size)
     rank, alpha, targets = lora
     resolved = resolve_policy(loaded.spec, epochs, strategy=strategy, policy=policy, lora_rank=rank, lora_alpha=alpha,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from headstart.commands.common import CacheDir, ImageSize, Json, Out, PerClass, Quiet, Seed, print_json, store_from
+from headstart.commands.common import AllowTorchScript, CacheDir, ImageSize, Json, Out, PerClass, Quiet, Seed, print_json, store_from
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -62,6 +62,7 @@ def rank_cmd(
     seed: Seed = 0,
     out: Out = None,
     cache_dir: CacheDir = None,
+    allow_torchscript: AllowTorchScript = False,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -102,6 +103,7 @@ def rank_cmd(
         store=store_from(cache_dir),
         quiet=quiet or json_out,
         out=out,
+        allow_torchscript=allow_torchscript,
     )
     if json_out:
         print_json(table.to_dict())

@@ -80,11 +80,17 @@ class Dataset:
             out[split] = {name: int(n) for name, n in zip(self.classes, per_class)}
         return out
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, content: bool | None = None) -> str:
         """A hash of the items' identity: paths, sizes and mtimes, or the content of in-memory arrays.
+
+        Args:
+            content: Hash the files' bytes instead of their sizes and mtimes (slower: every file is
+                read; it sees an edit that keeps both). None follows ``HEADSTART_FINGERPRINT=content``.
 
         Labels and splits are not part of it: features depend on the items alone.
         """
+        if content is None:
+            content = os.environ.get("HEADSTART_FINGERPRINT", "stat") == "content"
         digest = hashlib.sha256()
         digest.update(self.modality.encode())
         if self.in_memory:
@@ -95,10 +101,19 @@ class Dataset:
             for text in self.items:
                 digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
         else:
+            if content:
+                digest.update(b"content\n")
             for path in self.items:
                 try:
-                    stat = os.stat(path)
-                    digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                    if content:
+                        file_hash = hashlib.sha256()
+                        with open(path, "rb") as handle:
+                            for block in iter(lambda: handle.read(1 << 20), b""):
+                                file_hash.update(block)
+                        digest.update(f"{path}\0".encode() + file_hash.digest() + b"\n")
+                    else:
+                        stat = os.stat(path)
+                        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
                 except OSError:
                     digest.update(f"{path}\0missing\n".encode())
         return digest.hexdigest()

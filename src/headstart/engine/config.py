@@ -16,6 +16,7 @@ from typing import Any
 
 from headstart.engine.checkpoint import CheckpointError
 from headstart.engine.policy import FinetunePolicy
+from headstart.errors import OptionError
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
@@ -88,7 +89,7 @@ class TrainConfig:
         """Refuse values outside what each option accepts.
 
         Raises:
-            ValueError: A value out of range (the message names the option).
+            OptionError: A value out of range (a ValueError; the message names the option).
             CheckpointError: ``resume`` without ``out``.
         """
         for name in ("epochs", "batch_size", "accumulation_steps"):
@@ -97,19 +98,19 @@ class TrainConfig:
             _positive_int(self.patience, "patience")
         lr = self.lr
         if lr is not None and not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"lr must be a positive number, got {lr!r}; 1e-3 for a head, 1e-4 for a whole network are common.")
+            raise OptionError(f"--lr must be a positive number, got {lr!r}; 1e-3 for a head, 1e-4 for a whole network are common.")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
+            raise OptionError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
         if not 0 <= self.warmup_epochs:
-            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}.")
+            raise OptionError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}.")
         if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}.")
+            raise OptionError(f"--val-fraction must be in [0, 1), got {self.val_fraction!r}.")
         if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}.")
+            raise OptionError(f"--mixed-precision must be one of {', '.join(PRECISIONS)}, got {self.mixed_precision!r}.")
         if self.resume and self.out is None:
             raise CheckpointError("resume needs the run folder: pass out (--out DIR) of the run to continue.")
 
 
 def _positive_int(value: Any, name: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}.")
+        raise OptionError(f"--{name.replace('_', '-')} must be a whole number >= 1, got {value!r}.")

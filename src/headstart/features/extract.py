@@ -98,8 +98,25 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch_device(device)
 
 
-def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil") -> dict[str, Any]:
-    """Everything that changes a feature set; its hash is the store key."""
+# The store key's fields, in one place (docs/security.md describes them). A field is added only when
+# a value other than its default changes the features; the runtime field waits for other runtimes.
+RUNTIME = "torch"
+
+
+def precision_for(device: str | None) -> str:
+    """The arithmetic extraction uses on ``device``: bf16 autocast on a GPU, fp32 on the CPU."""
+    return "bf16" if str(device or "cpu").startswith("cuda") else "fp32"
+
+
+def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil", device: str | None = "cpu") -> dict[str, Any]:
+    """Everything that changes a feature set; its hash is the store key.
+
+    Fields: the backbone's name and weights sha256, the layer, the pooling, the preprocessing (input
+    size, mean/std, interpolation, crop), the data's fingerprint, the runtime and the precision
+    (bf16 features from a GPU and fp32 features from a CPU never share an entry), the decode path
+    when it is not PIL, and, for a seeded random initialisation, the versions of the libraries that
+    draw it.
+    """
     parts = {
         "backbone": spec.name,
         "weights_sha256": spec.sha256,
@@ -107,15 +124,22 @@ def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decod
         "pool": pool,
         "preprocessing": spec.preprocessing(),
         "data": fingerprint,
+        "runtime": RUNTIME,
+        "precision": precision_for(device),
     }
     if decode != "pil":
         parts["decode"] = decode
+    if str(spec.sha256).startswith("random-init"):
+        from headstart.versions import package_versions
+
+        versions = package_versions()
+        parts["init_versions"] = {name: versions.get(name) for name in ("torch", "timm", "torchvision", "transformers") if name in versions}
     return parts
 
 
-def store_key(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil") -> str:
+def store_key(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil", device: str | None = "cpu") -> str:
     """The content key of a feature set."""
-    return make_key(key_parts(spec, layer, pool, fingerprint, decode))
+    return make_key(key_parts(spec, layer, pool, fingerprint, decode, device))
 
 
 class _FileImages(torch.utils.data.Dataset):
@@ -239,6 +263,7 @@ def extract(
     shard_size: int = DEFAULT_SHARD_SIZE,
     quiet: bool = False,
     trust_remote_code: bool = False,
+    allow_torchscript: bool = False,
 ) -> Features:
     """Features of every item in ``data``, through the store.
 
@@ -261,13 +286,24 @@ def extract(
         quiet: No progress bar.
         trust_remote_code: When ``backbone`` is an ``hf:``/``st:`` name, let its folder run the
             code it ships.
+        allow_torchscript: When ``backbone`` is a ``file:`` TorchScript name, let it load (it runs
+            the code it holds).
 
     Returns:
         :class:`Features`, row-aligned with ``data``. ``hit`` says whether the network ran.
+
+    Raises:
+        DataError: The backbone's modality is not the data's (a text encoder on images...).
+        OptionError: ``backbone`` is ``sk:tfidf``, which has no fixed features to store (probe
+            and rank fit it on the raw texts).
     """
     started = time.perf_counter()
     if isinstance(backbone, str):
-        backbone = load_backbone(backbone, trust_remote_code=trust_remote_code and allows_remote_code(backbone))
+        check_not_baseline(backbone, data)
+        backbone = load_backbone(
+            backbone, trust_remote_code=trust_remote_code and allows_remote_code(backbone), allow_torchscript=allow_torchscript
+        )
+    check_modality(backbone.spec, data)
     store = store or FeatureStore()
     spec = backbone.spec.with_input_size(image_size)
     layer_name = backbone.check_layer(layer)
@@ -276,7 +312,7 @@ def extract(
     if data.in_memory or spec.modality != "image":
         decode_mode = "pil"  # arrays and text have no file decode step
     fingerprint = data.fingerprint()
-    key = store_key(spec, layer_name, pool, fingerprint, decode_mode)
+    key = store_key(spec, layer_name, pool, fingerprint, decode_mode, pick_device(device).type)
     skipped_listing = list(data.skipped)
 
     def finish(meta, features, valid, errors, hit):
@@ -307,7 +343,7 @@ def extract(
     _wait_for(lambda: len(store.done_shards(key, n, shard_size)) == n_shards or None, f"all {n_shards} shards of {key[:12]}")
     dim = store.read_shard(key, 0)[1].shape[1]
     meta = {
-        "parts": key_parts(spec, layer_name, pool, fingerprint, decode_mode),
+        "parts": key_parts(spec, layer_name, pool, fingerprint, decode_mode, pick_device(device).type),
         "spec": spec.to_dict(),
         "source": data.source,
         "shape": [n, int(dim)],
@@ -318,6 +354,44 @@ def extract(
     stored = store.load(key)
     assert stored is not None, "a just-committed entry must load"
     return finish(*stored, hit=False)
+
+
+def check_not_baseline(name: str, data: Dataset) -> None:
+    """Refuse an ``sk:`` name: a baseline fitted on raw inputs has no fixed features to extract.
+
+    Raises:
+        UnknownBackboneError: An unknown ``sk:`` name.
+        DataError: ``sk:tfidf`` on data that is not text.
+        OptionError: ``sk:tfidf`` on text: it says to use probe or rank.
+    """
+    from headstart.errors import OptionError
+    from headstart.heads import tfidf
+
+    if not tfidf.is_baseline(name):
+        return
+    name = tfidf.check_baseline(name, data.modality, data.source)
+    raise OptionError(
+        f"{name} has no fixed features to extract: its vocabulary and IDF weights are fitted on the training texts, so "
+        f"nothing goes to the feature store. Train it with: headstart probe DATA -b {name} (or score it with: headstart rank DATA -c {name})."
+    )
+
+
+def check_modality(spec: BackboneSpec, data: Dataset) -> None:
+    """Refuse a backbone whose modality is not the data's, before any work.
+
+    Raises:
+        DataError: A text encoder on images, or an image backbone on texts.
+    """
+    from headstart.errors import DataError
+
+    if spec.modality == data.modality:
+        return
+    if spec.modality == "text":
+        fix = "Use an image backbone, e.g. -b tv:mobilenet_v2.IMAGENET1K_V1."
+    else:
+        fix = "Use a text encoder, e.g. -b st:sentence-transformers/all-MiniLM-L6-v2, or the sk:tfidf baseline (probe, rank)."
+    article = "an" if spec.modality[:1] in "aeiou" else "a"
+    raise DataError(f"{spec.name} is {article} {spec.modality} backbone, but {data.source} holds {data.modality} data. {fix}")
 
 
 def check_options(backbone: Backbone, layer: str, pool: str, image_size: int | None, decode: str, batch_size: int | None = None) -> None:

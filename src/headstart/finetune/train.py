@@ -15,6 +15,7 @@ from headstart.backbones import Backbone
 from headstart.data.augment import AugmentConfig
 from headstart.data.dataset import Dataset
 from headstart.engine.policy import DEFAULT_LR, FinetunePolicy
+from headstart.errors import OptionError
 from headstart.features import FeatureStore
 from headstart.finetune.adapter import ClassificationAdapter
 from headstart.finetune.result import FinetuneResult
@@ -107,7 +108,7 @@ def finetune(
     """
     config = engine.TrainConfig.from_options(dict(locals()), nesterov=True)
     if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}.")
+        raise OptionError(f"--label-smoothing must be in [0, 1), got {label_smoothing!r}.")
     adapter = ClassificationAdapter(
         data, backbone, per_class=per_class, image_size=image_size, store=store, label_smoothing=label_smoothing,
         augment=AugmentConfig(scale=tuple(crop_scale), randaugment=randaugment),

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from headstart.errors import DataError, did_you_mean
+from headstart.errors import DataError, OptionError, did_you_mean
 from headstart.heads._base import STATE_FORMAT_VERSION, HeadBase
 from headstart.heads.knn import KNNProbe
 from headstart.heads.linear import LinearProbe
 from headstart.heads.mlp import MLPHead
 
-__all__ = ["KNNProbe", "LinearProbe", "MLPHead", "head_from_state", "make_head"]
+__all__ = ["KNNProbe", "LinearProbe", "MLPHead", "check_head_name", "head_from_state", "make_head"]
 
 HEADS: dict[str, type[HeadBase]] = {"linear": LinearProbe, "knn": KNNProbe, "mlp": MLPHead}
 
@@ -34,13 +34,22 @@ def make_head(name: str, **kwargs) -> HeadBase:
         The head.
 
     Raises:
-        ValueError: If ``name`` is not a known head.
+        OptionError: If ``name`` is not a known head (a ``ValueError``).
+    """
+    return HEADS[check_head_name(name)](**kwargs)
+
+
+def check_head_name(name: str) -> str:
+    """``name`` when it is a known head.
+
+    Raises:
+        OptionError: It is not (a ``ValueError``); the message lists the heads and close matches.
     """
     if name not in HEADS:
-        raise ValueError(
+        raise OptionError(
             f"Unknown head {name!r}; valid names are {sorted(HEADS)}.{did_you_mean(str(name), HEADS)}"
         )
-    return HEADS[name](**kwargs)
+    return name
 
 
 def head_from_state(arrays: dict[str, np.ndarray], meta: dict) -> HeadBase:

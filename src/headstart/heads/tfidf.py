@@ -7,6 +7,12 @@ embeddings, and ranking shows that when it happens: ``sk:tfidf`` is a candidate 
 
 Unlike the other heads it reads texts, not features, so it never goes through the feature store:
 its "features" are fitted on the training texts themselves (vocabulary and IDF weights).
+
+``sk:tfidf`` is also a backbone name that ``headstart probe`` trains (with the ``linear`` head: this
+very classifier) and a bundle kind (``tfidf``) that ``headstart predict`` loads. A fitted model's
+state is plain data, no pickle: :meth:`TfidfLogReg.fitted` gives a :class:`FittedTfidf` (vocabulary,
+IDF weights, vectorizer settings, and the logistic regression's weights), which predicts the same
+probabilities with numpy and scipy alone.
 """
 
 from __future__ import annotations
@@ -16,9 +22,38 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from headstart.errors import DataError, NotFittedError
+from headstart.errors import DataError, NotFittedError, UnknownBackboneError, did_you_mean
 
 CANDIDATE = "sk:tfidf"
+# Names under the ``sk:`` prefix: baselines fitted on the raw inputs (no network, no feature store).
+PREFIX = "sk:"
+BASELINES = (CANDIDATE,)
+# The heads a baseline trains with: ``linear`` is its own logistic regression. kNN and the MLP need
+# one fixed dense feature space; TF-IDF's is sparse and fitted on the training texts.
+BASELINE_HEADS = ("linear",)
+
+
+def is_baseline(name: str) -> bool:
+    """Whether a backbone name is under the ``sk:`` prefix (a baseline, not a network)."""
+    return isinstance(name, str) and name.strip().startswith(PREFIX)
+
+
+def check_baseline(name: str, modality: str | None = None, source: str = "this dataset") -> str:
+    """The baseline's name, checked: a known ``sk:`` name and, when ``modality`` is given, text data.
+
+    Raises:
+        UnknownBackboneError: An ``sk:`` name other than ``sk:tfidf``.
+        DataError: The data is not text (``source`` names it).
+    """
+    name = name.strip()
+    if name not in BASELINES:
+        raise UnknownBackboneError(f"{name!r} is not a baseline headstart knows; the sk: prefix has {', '.join(BASELINES)}.{did_you_mean(name, BASELINES)}")
+    if modality is not None and modality != "text":
+        raise DataError(
+            f"{name} is a text baseline (TF-IDF + logistic regression on raw texts), but {source} holds {modality} data. "
+            "Use an image backbone, e.g. -b tv:mobilenet_v2.IMAGENET1K_V1."
+        )
+    return name
 
 
 class TfidfLogReg(ClassifierMixin, BaseEstimator):
@@ -135,6 +170,191 @@ class TfidfLogReg(ClassifierMixin, BaseEstimator):
         if self.multilabel_:
             return (proba >= 0.5).astype(np.int64)
         return self.classes_[np.argmax(proba, axis=1)]
+
+    def fitted(self) -> FittedTfidf:
+        """The fitted model as plain data (see :class:`FittedTfidf`): it predicts the same probabilities."""
+        if not hasattr(self, "pipeline_"):
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet. Call fit(texts, y) first.")
+        vectorizer = self.pipeline_.named_steps["tfidf"]
+        classifier = self.pipeline_.named_steps["clf"]
+        params = vectorizer.get_params()
+        settings = {key: params[key] for key in SETTINGS}
+        settings["ngram_range"] = [int(n) for n in settings["ngram_range"]]
+        terms = [""] * len(vectorizer.vocabulary_)
+        for term, column in vectorizer.vocabulary_.items():
+            terms[column] = term
+        if self.multilabel_:
+            mode = "multilabel"
+            coef, intercept = _one_vs_rest_weights(classifier, len(terms))
+        else:
+            mode = "binary" if len(self.classes_) == 2 else "multinomial"
+            coef, intercept = classifier.coef_, classifier.intercept_
+        return FittedTfidf(
+            settings=settings, terms=terms, idf=np.asarray(vectorizer.idf_, np.float64), coef=np.asarray(coef, np.float64),
+            intercept=np.asarray(intercept, np.float64), classes=np.asarray(self.classes_), mode=mode,
+            info={"C": self.C_, "cv_score": self.cv_score_, "Cs": [float(c) for c in self.Cs], "cv": self.cv, "class_weight": self.class_weight},
+        )
+
+
+# The vectorizer settings a fitted model records: those that change how a text becomes a vector
+# (the rest of TfidfVectorizer's defaults are fixed by TfidfLogReg), plus the fit-time ones for the record.
+SETTINGS = (
+    "analyzer", "lowercase", "token_pattern", "strip_accents", "stop_words", "ngram_range", "binary", "norm", "use_idf",
+    "sublinear_tf", "smooth_idf", "min_df", "max_df", "max_features",
+)
+MODES = ("binary", "multinomial", "multilabel")
+
+
+def _one_vs_rest_weights(classifier, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-label weights of a multi-label one-vs-rest model; a label constant in training gets +-inf bias."""
+    coef = np.zeros((len(classifier.estimators_), width))
+    intercept = np.zeros(len(classifier.estimators_))
+    for label, estimator in enumerate(classifier.estimators_):
+        if hasattr(estimator, "coef_"):
+            coef[label], intercept[label] = estimator.coef_[0], estimator.intercept_[0]
+        else:  # scikit-learn's constant predictor: the label was always (or never) on
+            intercept[label] = np.inf if float(np.ravel(estimator.y_)[0]) >= 0.5 else -np.inf
+    return coef, intercept
+
+
+class FittedTfidf:
+    """A fitted TF-IDF + logistic regression model as plain data: no pickle, no scikit-learn estimator.
+
+    Texts are split into n-grams by scikit-learn's own analyzer with the recorded settings, so the
+    vectors are those of the fitted ``TfidfVectorizer``; the rest is numpy and scipy.
+
+    Args:
+        settings: The vectorizer settings (:data:`SETTINGS`).
+        terms: The vocabulary, in column order.
+        idf: IDF weight of each term (V,).
+        coef: Logistic-regression weights (K, V): one row for a binary model, one per class
+            (``multinomial``) or per label (``multilabel``).
+        intercept: Biases (K,).
+        classes: Class labels (the head's ``classes_``).
+        mode: ``binary``, ``multinomial`` or ``multilabel``.
+        info: What was chosen at fit time (C, its cross-validated score...), for the record.
+    """
+
+    def __init__(self, settings: dict, terms: list[str], idf: np.ndarray, coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray,
+                 mode: str, info: dict | None = None) -> None:
+        if mode not in MODES:
+            raise DataError(f"A TF-IDF model's mode is one of {', '.join(MODES)}, not {mode!r}; the saved model is damaged.")
+        if settings.get("analyzer") != "word" or not settings.get("use_idf", True):
+            raise DataError(f"A saved TF-IDF model must use word n-grams with IDF weights; it records analyzer={settings.get('analyzer')!r}.")
+        width = len(terms)
+        k = len(classes) if mode != "binary" else 1
+        if idf.shape != (width,) or coef.shape != (k, width) or intercept.shape != (k,):
+            raise DataError(
+                f"A saved TF-IDF model's arrays do not fit together: {width} terms, idf {idf.shape}, weights {coef.shape}, "
+                f"biases {intercept.shape} for {len(classes)} classes ({mode}); the saved model is damaged."
+            )
+        self.settings = dict(settings)
+        self.terms = list(terms)
+        self.idf = idf
+        self.coef = coef
+        self.intercept = intercept
+        self.classes_ = classes
+        self.mode = mode
+        self.info = dict(info or {})
+        self._index: dict[str, int] | None = None
+        self._analyzer = None
+
+    @property
+    def multilabel_(self) -> bool:
+        return self.mode == "multilabel"
+
+    @property
+    def vocabulary_size_(self) -> int:
+        return len(self.terms)
+
+    def transform(self, texts: Sequence[str]):
+        """TF-IDF vectors of ``texts``: a scipy CSR matrix (N, V), rows L2-normalised as the vectorizer's."""
+        import scipy.sparse as sp
+
+        texts = check_texts(texts, type(self).__name__, allow_empty=True)
+        if self._analyzer is None:
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            keys = ("analyzer", "lowercase", "token_pattern", "strip_accents", "stop_words")
+            options = {key: self.settings[key] for key in keys}
+            self._analyzer = TfidfVectorizer(**options, ngram_range=tuple(self.settings["ngram_range"])).build_analyzer()
+            self._index = {term: column for column, term in enumerate(self.terms)}
+        index = self._index
+        indptr, indices, counts = [0], [], []
+        for text in texts:
+            row: dict[int, int] = {}
+            for gram in self._analyzer(text):
+                column = index.get(gram)
+                if column is not None:
+                    row[column] = row.get(column, 0) + 1
+            columns = sorted(row)
+            indices += columns
+            counts += [row[c] for c in columns]
+            indptr.append(len(indices))
+        data = np.asarray(counts, np.float64)
+        columns = np.asarray(indices, np.int64)
+        if self.settings.get("binary"):
+            data[:] = 1.0
+        if self.settings.get("sublinear_tf"):
+            data = np.log(data) + 1.0
+        data = data * self.idf[columns]
+        X = sp.csr_matrix((data, columns, np.asarray(indptr, np.int64)), shape=(len(texts), len(self.terms)))
+        if self.settings.get("norm") == "l2":
+            norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+            norms[norms == 0.0] = 1.0
+            X = sp.csr_matrix(X.multiply(1.0 / norms[:, None]))
+        elif self.settings.get("norm") is not None:
+            raise DataError(f"A saved TF-IDF model with norm={self.settings.get('norm')!r} is not supported; only l2 or none.")
+        return X
+
+    def decision_function(self, texts: Sequence[str]) -> np.ndarray:
+        """Linear scores (N, K)."""
+        return np.asarray(self.transform(texts) @ self.coef.T) + self.intercept
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities (N, C) as the fitted pipeline gives them; multi-label: each label's own."""
+        from scipy.special import expit, softmax
+
+        scores = self.decision_function(texts)
+        if self.mode == "binary":
+            positive = expit(scores[:, 0])
+            return np.column_stack([1.0 - positive, positive])
+        if self.mode == "multilabel":
+            return expit(scores)
+        return softmax(scores, axis=1)
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """Class labels (N,), or a 0/1 indicator matrix (N, L) for multi-label."""
+        proba = self.predict_proba(texts)
+        if self.multilabel_:
+            return (proba >= 0.5).astype(np.int64)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict, list[str]]:
+        """``(arrays, meta, terms)``: the weights, the JSON-able rest, and the vocabulary in column order."""
+        arrays = {"idf": self.idf, "coef": self.coef, "intercept": self.intercept}
+        meta = {
+            "class": "TfidfLogReg", "mode": self.mode, "settings": self.settings, "classes": np.asarray(self.classes_).tolist(),
+            "vocabulary_size": len(self.terms), **{key: value for key, value in self.info.items()},
+        }
+        return arrays, meta, list(self.terms)
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, np.ndarray], meta: dict, terms: list[str]) -> FittedTfidf:
+        """Rebuild from :meth:`to_state`'s ``(arrays, meta, terms)``.
+
+        Raises:
+            DataError: An array or field is missing, or the pieces do not fit together.
+        """
+        missing = [name for name in ("idf", "coef", "intercept") if name not in arrays] + [key for key in ("mode", "settings", "classes") if key not in meta]
+        if missing:
+            raise DataError(f"The saved TF-IDF model lacks {', '.join(missing)}; it is damaged or from another tool.")
+        info = {key: value for key, value in meta.items() if key not in ("class", "mode", "settings", "classes", "vocabulary_size")}
+        return cls(
+            settings=meta["settings"], terms=[str(t) for t in terms], idf=np.asarray(arrays["idf"], np.float64),
+            coef=np.asarray(arrays["coef"], np.float64), intercept=np.asarray(arrays["intercept"], np.float64),
+            classes=np.asarray(meta["classes"]), mode=meta["mode"], info=info,
+        )
 
 
 def check_texts(X, where: str, allow_empty: bool = False) -> list[str]:

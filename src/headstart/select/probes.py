@@ -12,7 +12,9 @@ from contextlib import contextmanager
 import numpy as np
 
 from headstart.select.combine import PROBES
+from headstart.errors import DataError
 from headstart.select.scores import ScoreUndefined, compute_scores, leep
+from headstart.select.scores.common import NUMERICAL_FAILURES, undefined_after
 
 __all__ = ["compute_rank_scores", "cv_accuracy", "knn_cv_accuracy", "one_thread", "source_logits"]
 
@@ -74,7 +76,10 @@ def cv_accuracy(head_name: str, features: np.ndarray, labels: np.ndarray, seed: 
     with one_thread():
         for train, test in splitter.split(features, labels):
             head = LinearProbe(random_state=seed) if head_name == "linear" else KNNProbe(random_state=seed)
-            head.fit(features[train], labels[train])
+            try:
+                head.fit(features[train], labels[train])
+            except DataError as error:  # e.g. too few examples of a class for the head's own split
+                raise ScoreUndefined(f"{head_name}: {error}") from error
             correct += int(np.sum(head.predict(features[test]) == labels[test]))
     return correct / len(labels)
 
@@ -120,6 +125,12 @@ def _knn_choose_k(distance: np.ndarray, train: np.ndarray, codes: np.ndarray, n_
 
     counts = np.bincount(codes, minlength=n_classes)
     n_splits = int(min(template.cv, counts.min()))
+    if n_splits < 2:  # KNNProbe raises DataError here
+        raise ScoreUndefined(
+            f"knn: KNNProbe chooses k by stratified cross-validation, which needs at least 2 examples of "
+            f"every class in each training fold, but one fold has {counts.min()} of some class. Give more "
+            "examples of the smallest classes."
+        )
     folds = list(StratifiedKFold(n_splits, shuffle=True, random_state=template.random_state).split(np.zeros(len(codes)), codes))
     smallest = min(len(inner_train) for inner_train, _ in folds)
     ks = sorted({min(int(k), smallest) for k in template.k_grid})
@@ -142,7 +153,12 @@ def _knn_votes(distances: np.ndarray, reference_codes: np.ndarray, n_classes: in
 
 
 def compute_rank_scores(names: tuple[str, ...], features: np.ndarray, labels: np.ndarray, logits: np.ndarray | None, logits_reason: str | None, seed: int) -> tuple[dict[str, float | None], dict[str, str], dict[str, float]]:
-    """Every requested score: values, reasons for the undefined ones, and seconds per score."""
+    """Every requested score: values, reasons for the undefined ones, and seconds per score.
+
+    A score that is undefined on these inputs, or fails numerically (see
+    :data:`~headstart.select.scores.common.NUMERICAL_FAILURES`), gets None and its reason; any
+    other exception is a bug and propagates.
+    """
     values: dict[str, float | None] = {}
     reasons: dict[str, str] = {}
     seconds: dict[str, float] = {}
@@ -161,8 +177,8 @@ def compute_rank_scores(names: tuple[str, ...], features: np.ndarray, labels: np
                 result = compute_scores(features, labels, None, [name])[name]
         except ScoreUndefined as undefined:
             result = undefined
-        except Exception as error:  # noqa: BLE001 - one failing score must not hide the others
-            result = ScoreUndefined(f"{name} failed: {type(error).__name__}: {error}")
+        except NUMERICAL_FAILURES as error:  # one numerical failure must not hide the other scores
+            result = undefined_after(name, error)
         seconds[name] = time.perf_counter() - started
         if isinstance(result, ScoreUndefined):
             values[name] = None

@@ -26,6 +26,7 @@ from headstart import engine
 from headstart.backbones import Backbone
 from headstart.data.scenes import SceneSet
 from headstart.engine.policy import FinetunePolicy
+from headstart.errors import OptionError
 from headstart.tasks.adapter import SceneAdapter
 from headstart.tasks.result import TaskResult
 
@@ -145,7 +146,7 @@ def train_segmenter(
 def _train(task: str, build, options: dict[str, Any], extra: dict[str, Any]) -> TaskResult:
     """Map the public function's arguments (``options``) onto the engine's config and the task's adapter, and run."""
     if options["lr"] is None:
-        raise ValueError("lr must be a positive number, got None.")
+        raise OptionError("--lr must be a positive number, got None.")
     config = engine.TrainConfig.from_options(options, nesterov=False)
     adapter = SceneAdapter(task, options["data"], options["backbone"], build, image_size=options["image_size"],
                            trainable_stages=options["trainable_stages"], extra=extra)

@@ -2,6 +2,17 @@
 
 This is step 3 of transfer learning as one call: ``probe(data, backbones, heads)``. Several
 backbones and heads give one comparison; every (backbone, head) pair is saved as a bundle.
+
+Every name and option is checked before any work: the heads, each backbone (loaded, so a name that
+does not resolve fails first), its layer, pooling and input size, and its modality against the
+data's. A bad one anywhere in the list stops the run before the first extraction.
+
+``sk:tfidf`` (text data only) is a backbone without a network: TF-IDF + logistic regression fitted
+on the raw texts (:class:`~headstart.heads.tfidf.TfidfLogReg`, the same model ``rank`` scores). It
+trains with the ``linear`` head, its own logistic regression; the kNN and MLP heads need a fixed
+dense feature space, so those pairs are skipped and listed (``ProbeReport.skipped_runs``), and a
+probe of ``sk:tfidf`` alone without ``linear`` is refused. Its bundle is a ``tfidf`` bundle
+(:class:`~headstart.bundles.tfidf.TfidfBundle`).
 """
 
 from __future__ import annotations
@@ -15,12 +26,14 @@ from typing import Any
 import numpy as np
 
 from headstart.bundles import Bundle
+from headstart.bundles.tfidf import TfidfBundle
 from headstart.data.dataset import Dataset
-from headstart.errors import DataError
+from headstart.errors import DataError, OptionError
 from headstart.evaluate import EvalResult, evaluate
 from headstart.features import FeatureStore, Features, extract
+from headstart.heads import check_head_name, make_head
+from headstart.heads import tfidf as tfidf_baseline
 from headstart.io import atomic_write_bytes, atomic_write_json, check_out_dir
-from headstart.heads import make_head
 
 
 @dataclass
@@ -36,8 +49,8 @@ class ProbeRun:
     extract_seconds: float
     fit_seconds: float
     store_hit: bool
-    store_key: str
-    bundle: Bundle = field(repr=False)
+    store_key: str | None
+    bundle: Bundle | TfidfBundle = field(repr=False)
     bundle_path: Path | None = None
     test_predictions: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
@@ -67,6 +80,7 @@ class ProbeReport:
     dataset: dict[str, Any]
     out: Path | None = None
     data: Dataset | None = field(default=None, repr=False)
+    skipped_runs: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def best(self) -> ProbeRun:
@@ -74,12 +88,15 @@ class ProbeReport:
         return max(self.runs, key=lambda run: run.test.accuracy)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        document = {
             "dataset": self.dataset,
             "runs": [{**run.row(), "metrics": run.test.to_dict()} for run in self.runs],
             "best": self.best.row(),
             "out": str(self.out) if self.out else None,
         }
+        if self.skipped_runs:
+            document["skipped_runs"] = self.skipped_runs
+        return document
 
 
 def slug(text: str) -> str:
@@ -89,38 +106,47 @@ def slug(text: str) -> str:
 
 def fit_and_evaluate(features: Features, head_name: str, seed: int, head_params: dict[str, Any] | None = None) -> tuple[Any, EvalResult, float]:
     """Fit a head on the train (and val) rows of ``features`` and evaluate it on the test rows."""
-    X_train, y_train = features.get("train")
-    X_val, y_val = features.get("val")
-    if len(X_val):
-        X_train = np.concatenate([X_train, X_val])
-        y_train = np.concatenate([y_train, y_val])
-    X_test, y_test = features.get("test")
-    if len(X_train) == 0:
-        raise DataError("The training split is empty after skipping unreadable items; nothing to fit.")
-    if len(X_test) == 0:
-        raise DataError("The test split is empty; give a test/ folder or a larger dataset.")
     params = {"random_state": seed, **(head_params or {})}
-    head = make_head(head_name, **params)
+    return train_and_test(make_head(head_name, **params), features.X, features.labels, features.split, features.valid, features.classes)
+
+
+def train_and_test(head: Any, X, labels: np.ndarray, split: np.ndarray, valid: np.ndarray, classes: list[str]) -> tuple[Any, EvalResult, float]:
+    """Fit ``head`` on the valid train and val rows of ``X`` and evaluate it on the valid test rows.
+
+    ``X`` is a feature matrix, or (for ``sk:tfidf``) an object array of texts.
+    """
+    train = np.isin(split, ("train", "val")) & valid
+    test = (split == "test") & valid
+    # Train rows first, then val rows, as they were always concatenated.
+    order = np.concatenate([np.flatnonzero((split == "train") & valid), np.flatnonzero((split == "val") & valid)])
+    if not train.any():
+        raise DataError("The training split is empty after skipping unreadable items; nothing to fit.")
+    if not test.any():
+        raise DataError("The test split is empty; give a test/ folder or a larger dataset.")
     started = time.perf_counter()
-    head.fit(X_train, y_train)
+    head.fit(X[order], labels[order])
     fit_seconds = time.perf_counter() - started
-    names = np.array(features.classes, dtype=object)
-    column_names = [features.classes[int(c)] for c in head.classes_]
-    result = evaluate(names[y_test], head.predict_proba(X_test), column_names, split="test")
+    names = np.array(classes, dtype=object)
+    column_names = [classes[int(c)] for c in head.classes_]
+    result = evaluate(names[labels[test]], head.predict_proba(X[test]), column_names, split="test")
     return head, result, fit_seconds
 
 
 def predict_test_rows(features: Features, head: Any) -> dict[str, np.ndarray] | None:
     """Dataset index, true and predicted class, and confidence of each test row (single-label only)."""
-    if features.labels.ndim != 1:
+    return _test_rows(features.X, features.labels, features.split, features.valid, features.classes, head)
+
+
+def _test_rows(X, labels: np.ndarray, split: np.ndarray, valid: np.ndarray, classes: list[str], head: Any) -> dict[str, np.ndarray] | None:
+    if labels.ndim != 1:
         return None
-    rows = np.flatnonzero((features.split == "test") & features.valid)
-    proba = head.predict_proba(features.X[rows])
+    rows = np.flatnonzero((split == "test") & valid)
+    proba = head.predict_proba(X[rows])
     top = proba.argmax(axis=1)
-    names = np.array(features.classes, dtype=object)
+    names = np.array(classes, dtype=object)
     return {
         "index": rows,
-        "true": names[features.labels[rows]],
+        "true": names[labels[rows]],
         "predicted": names[np.asarray(head.classes_)[top]],
         "confidence": proba[np.arange(len(rows)), top],
     }
@@ -140,14 +166,18 @@ def probe(
     quiet: bool = False,
     head_params: dict[str, dict[str, Any]] | None = None,
     trust_remote_code: bool = False,
+    allow_torchscript: bool = False,
 ) -> ProbeReport:
     """Extract, fit every head on every backbone's features, evaluate on test, save bundles.
 
     Args:
         data: A dataset with train and test splits (see :func:`headstart.load_data`).
-        backbones: Backbone names; each is extracted through the store (or read back).
-        heads: Head names: ``linear``, ``knn``, ``mlp``.
-        layer: Layer to probe (default: the pooled penultimate layer).
+        backbones: Backbone names; each is extracted through the store (or read back). ``sk:tfidf``
+            (text data) fits TF-IDF + logistic regression on the raw texts instead.
+        heads: Head names: ``linear``, ``knn``, ``mlp``. ``sk:tfidf`` trains with ``linear`` only;
+            its other pairs are skipped and listed in ``skipped_runs``.
+        layer: Layer to probe (default: the pooled penultimate layer); checked for every network
+            before any work. ``sk:tfidf`` has no layers: ``layer`` and ``pool`` do not apply to it.
         pool: Pooling for intermediate layers.
         image_size: Input size override.
         seed: Seed for the heads.
@@ -156,24 +186,39 @@ def probe(
             ``test_predictions.csv`` and ``report.html`` beside them.
         store: Feature store (default: ``$HEADSTART_CACHE``).
         quiet: No progress bars.
-        head_params: Per-head constructor arguments, e.g. ``{"mlp": {"max_epochs": 50}}``.
+        head_params: Per-head constructor arguments, e.g. ``{"mlp": {"max_epochs": 50}}``;
+            ``{"sk:tfidf": {...}}`` gives :class:`~headstart.heads.tfidf.TfidfLogReg`'s.
         trust_remote_code: Let ``hf:``/``st:`` backbone folders run the code they ship.
+        allow_torchscript: Let ``file:`` TorchScript backbones load (they run the code they hold).
 
     Returns:
         A :class:`ProbeReport`.
-    """
-    from headstart.backbones import load_backbone
-    from headstart.backbones.registry import allows_remote_code
 
+    Raises:
+        OptionError: A head name or option is unknown or does not fit a backbone (before any work).
+        UnknownBackboneError: A backbone name does not resolve (before any work).
+        DataError: A backbone's modality is not the data's (before any work), or a split is empty.
+    """
     if not backbones:
         raise DataError("Name at least one backbone, e.g. --backbone tv:mobilenet_v2.IMAGENET1K_V1.")
     check_out_dir(out)
     started = time.perf_counter()
+    heads = list(heads)
+    prepared = prepare_backbones(
+        data, backbones, heads, layer=layer, pool=pool, image_size=image_size, trust_remote_code=trust_remote_code,
+        allow_torchscript=allow_torchscript,
+    )
     store = store or FeatureStore()
     runs: list[ProbeRun] = []
+    skipped_runs: list[dict[str, str]] = []
     skipped: dict[tuple[str, str], None] = dict.fromkeys(data.skipped)
-    for name in backbones:
-        backbone = load_backbone(name, trust_remote_code=trust_remote_code and allows_remote_code(name))
+    for name, backbone in prepared:
+        if backbone is None:
+            baseline_runs, baseline_skips, item_skips = probe_tfidf(data, heads, seed, (head_params or {}).get(name))
+            runs += baseline_runs
+            skipped_runs += baseline_skips
+            skipped.update(dict.fromkeys(item_skips))
+            continue
         features = extract(backbone, data, layer=layer, pool=pool, image_size=image_size, store=store, quiet=quiet)
         skipped.update(dict.fromkeys(features.skipped))
         for head_name in heads:
@@ -199,10 +244,97 @@ def probe(
     dataset = data.summary()
     # Items that failed to decode during extraction were skipped too: list them with the listing's.
     dataset["skipped"] = [{"item": item, "reason": reason} for item, reason in skipped]
-    report = ProbeReport(runs=runs, dataset=dataset, data=data)
+    report = ProbeReport(runs=runs, dataset=dataset, data=data, skipped_runs=skipped_runs)
     if out is not None:
         write_run(report, Path(out), seconds=time.perf_counter() - started)
     return report
+
+
+def prepare_backbones(
+    data: Dataset, backbones: list[str], heads: list[str], *, layer: str | None = None, pool: str = "avg",
+    image_size: int | None = None, trust_remote_code: bool = False, allow_torchscript: bool = False,
+) -> list[tuple[str, Any]]:
+    """Check every head, backbone name and option, and load the networks, before any extraction.
+
+    Names are checked first for all backbones (a typo's prefix, an unknown ``sk:`` name), then each
+    network is loaded and checked against the data's modality, the layer, pooling and input size.
+
+    Returns:
+        ``(name, backbone)`` per backbone, in order: the loaded network, or None for ``sk:tfidf``.
+
+    Raises:
+        OptionError: A head is unknown, or an option does not apply.
+        UnknownBackboneError: A backbone name does not resolve.
+        DataError: A backbone's modality is not the data's.
+    """
+    from headstart.backbones import load_backbone
+    from headstart.backbones.registry import allows_remote_code
+    from headstart.features.extract import check_modality, check_options
+
+    if not heads:
+        raise OptionError("Name at least one head: --head linear, knn or mlp.")
+    for head_name in heads:
+        check_head_name(head_name)
+    remote: dict[str, bool] = {}
+    for name in backbones:
+        if tfidf_baseline.is_baseline(name):
+            tfidf_baseline.check_baseline(name, data.modality, data.source)
+        else:
+            remote[name] = allows_remote_code(name)  # an unknown prefix fails here, for every name, before any load
+    prepared: list[tuple[str, Any]] = []
+    for name in backbones:
+        if tfidf_baseline.is_baseline(name):
+            name = name.strip()
+            if not any(head_name in tfidf_baseline.BASELINE_HEADS for head_name in heads):
+                raise OptionError(
+                    f"{name} trains with --head linear only (its own logistic regression on TF-IDF vectors); "
+                    f"{' and '.join(heads)} {'needs' if len(heads) == 1 else 'need'} dense features of a network. Add --head linear."
+                )
+            if image_size is not None:
+                raise OptionError(f"--image-size applies to image backbones; {name} reads raw texts.")
+            prepared.append((name, None))
+            continue
+        backbone = load_backbone(name, trust_remote_code=trust_remote_code and remote[name], allow_torchscript=allow_torchscript)
+        check_modality(backbone.spec, data)
+        check_options(backbone, backbone.check_layer(layer), pool, image_size, "auto")
+        prepared.append((name, backbone))
+    return prepared
+
+
+def probe_tfidf(data: Dataset, heads: list[str], seed: int, params: dict[str, Any] | None = None) -> tuple[list[ProbeRun], list[dict[str, str]], list[tuple[str, str]]]:
+    """The ``sk:tfidf`` runs: TF-IDF + logistic regression fitted on the raw training texts.
+
+    Returns:
+        The runs (one, for the ``linear`` head), the skipped (backbone, head) pairs with their reason,
+        and the items skipped (empty texts).
+    """
+    name = tfidf_baseline.CANDIDATE
+    texts = np.empty(len(data), dtype=object)
+    texts[:] = list(data.items)
+    valid = np.array([isinstance(text, str) and bool(text.strip()) for text in texts])
+    item_skips = [(f"item {i}", "empty text" if isinstance(texts[i], str) else f"not a text ({type(texts[i]).__name__})") for i in np.flatnonzero(~valid)]
+    runs: list[ProbeRun] = []
+    skips: list[dict[str, str]] = []
+    fingerprint = data.fingerprint()
+    for head_name in heads:
+        if head_name not in tfidf_baseline.BASELINE_HEADS:
+            reason = f"{name} trains with the linear head only (its logistic regression); {head_name} needs dense features of a network."
+            skips.append({"backbone": name, "head": head_name, "reason": reason})
+            continue
+        model = tfidf_baseline.TfidfLogReg(**{"random_state": seed, **(params or {})})
+        model, result, fit_seconds = train_and_test(model, texts, data.labels, data.split, valid, data.classes)
+        bundle = TfidfBundle(
+            model, data.classes, metrics=result.to_dict(),
+            manifest={"seed": seed, "data_fingerprint": fingerprint, "store_key": None, "data_source": data.source},
+        )
+        runs.append(
+            ProbeRun(
+                backbone=name, head=head_name, image_size=0, layer=bundle.layer, pool=bundle.pool, test=result,
+                extract_seconds=0.0, fit_seconds=fit_seconds, store_hit=False, store_key=None, bundle=bundle,
+                test_predictions=_test_rows(texts, data.labels, data.split, valid, data.classes, model),
+            )
+        )
+    return runs, skips, item_skips
 
 
 def write_run(report: ProbeReport, out: Path, seconds: float | None = None) -> None:

@@ -46,6 +46,7 @@ from headstart.select.candidates import Candidate, expand_candidates, parse_cand
 from headstart.select.combine import Combination, check_scores
 from headstart.select.cost import Cost, measure_cost
 from headstart.select.probes import compute_rank_scores, source_logits
+from headstart.heads.tfidf import BASELINES
 from headstart.select.table import RankRow, RankTable, finish_ranking
 
 __all__ = ["BASELINES", "COST_BATCH", "rank_backbones", "write_rank_run"]
@@ -74,6 +75,7 @@ def rank_backbones(
     quiet: bool = False,
     progress: Callable[[str], None] | None = None,
     out: str | Path | None = None,
+    allow_torchscript: bool = False,
 ) -> RankTable:
     """Rank candidate backbones on a stratified subsample of ``data``'s training split.
 
@@ -102,6 +104,8 @@ def rank_backbones(
         quiet: No progress bars or messages.
         progress: Called with a one-line message per step (default: stderr unless ``quiet``).
         out: A run directory to write (see :func:`write_rank_run`); None writes nothing.
+        allow_torchscript: Let ``file:`` TorchScript candidates load (they run the code they
+            hold); without it they are skipped with the reason.
 
     Returns:
         A :class:`~headstart.select.table.RankTable`, best candidate first.
@@ -121,6 +125,7 @@ def rank_backbones(
     started = time.perf_counter()
     names, combination = check_scores(scores, combine, method)
     plan = expand_candidates(parse_candidates(candidates), layers)
+    check_candidate_names(plan)
     if scores is None and "linear" not in names and any(c.backbone in BASELINES for c in plan):
         # A baseline (sk:tfidf) has only the linear probe; without it, it could not be compared.
         names += ("linear",)
@@ -153,7 +158,7 @@ def rank_backbones(
         try:
             if loaded is None or loaded[0] != candidate.backbone:
                 loaded = None
-                loaded = (candidate.backbone, load_backbone(candidate.backbone))
+                loaded = (candidate.backbone, load_backbone(candidate.backbone, allow_torchscript=allow_torchscript))
             backbone = loaded[1]
             layer = backbone.check_layer(resolve_layer(candidate.layer, backbone.spec.layers) if candidate.layer else None)
         except _SKIPPABLE as error:
@@ -167,7 +172,8 @@ def rank_backbones(
 
         # Features: read the subsample's rows back when the whole dataset is stored (as after a
         # probe run), else extract just the subsample.
-        whole_key = store_key(spec, layer, pool, fingerprint_full)
+        decode = "tensor" if str(device).startswith("cuda") and not data.in_memory and spec.modality == "image" else "pil"
+        whole_key = store_key(spec, layer, pool, fingerprint_full, decode, device)
         if store.meta(whole_key) is not None:
             features = extract(backbone, data, layer=layer, pool=pool, image_size=size, device=device, store=store, quiet=quiet)
             X, valid, labels = features.X[rows_index], features.valid[rows_index], data.labels[rows_index]
@@ -269,8 +275,23 @@ def write_rank_run(out: Path, table: RankTable, data: Dataset, device: str) -> N
     write_report_or_warn(out)
 
 
-# Candidates that are not backbones: baselines fitted on the raw inputs, scored by the same probes.
-BASELINES = ("sk:tfidf",)
+def check_candidate_names(plan: Sequence[Candidate]) -> None:
+    """Fail before any work on a name with an unknown source prefix or an unknown ``sk:`` baseline.
+
+    Candidates whose weights turn out unavailable (or whose layer does not exist) are still skipped
+    with their reason during the ranking; a misspelt prefix is a typo, not an unavailable candidate.
+
+    Raises:
+        UnknownBackboneError: The first such name.
+    """
+    from headstart.backbones.registry import allows_remote_code
+    from headstart.heads.tfidf import check_baseline, is_baseline
+
+    for candidate in plan:
+        if is_baseline(candidate.backbone):
+            check_baseline(candidate.backbone)
+        else:
+            allows_remote_code(candidate.backbone)
 
 
 def _baseline_row(candidate: Candidate, sub: Dataset, names: tuple[str, ...], seed: int, cost: bool, rows: list[RankRow]) -> RankRow | str | None:

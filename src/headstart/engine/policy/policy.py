@@ -181,7 +181,10 @@ class FinetunePolicy:
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise PolicyError(f"Policy file {path} is not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise PolicyError(f"Policy file {where} is not valid YAML ({problem}). Fix it, or write one with FinetunePolicy(...).to_yaml().") from None
         return cls.from_dict(data, source=f"Policy file {path}")
 
     # ----- compiling --------------------------------------------------------------------------

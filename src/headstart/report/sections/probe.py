@@ -32,6 +32,12 @@ def probe_section(run: RunFiles) -> Section | None:
     )
     if best_index is not None:
         body += f'<p class="note">Test metrics; the best by {esc(accuracy_column)} is highlighted. Seconds are wall time on this machine.</p>'
+    skipped = (run.metrics or {}).get("skipped_runs") or []
+    if isinstance(skipped, list) and skipped:
+        items = "".join(
+            f"<li>{esc(str(s.get('backbone')))} + {esc(str(s.get('head')))}: {esc(str(s.get('reason')))}</li>" for s in skipped if isinstance(s, dict)
+        )
+        body += f'<p class="note">Pairs not trained:</p><ul class="note">{items}</ul>'
     if accuracy_column and all(k in columns for k in ("backbone", "head")) and len(rows) > 1:
         from headstart.report import plots
 

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 
-from headstart.select.scores.common import ScoreUndefined, check_inputs, class_sums
+from headstart.select.scores.common import ScoreUndefined, check_inputs, check_magnitude, class_sums
 
 __all__ = ["hscore", "hscore_shrinkage", "sfda"]
 
@@ -37,12 +37,14 @@ def hscore(features: np.ndarray, labels: np.ndarray, *, shrinkage: bool = False)
 
     Raises:
         DataError: If the inputs are malformed.
+        ScoreUndefined: If the features are so large that their covariance overflows float64.
     """
     score_name = "hscore_shrinkage" if shrinkage else "hscore"
     features, codes, counts = check_inputs(features, labels, score_name)
     n_samples = features.shape[0]
     centered = features.astype(np.float64)
     centered -= centered.mean(axis=0)
+    check_magnitude(centered, 4 if shrinkage else 2, score_name)  # Ledoit-Wolf sums squared covariances
     if shrinkage:
         from sklearn.covariance import LedoitWolf
 
@@ -116,10 +118,12 @@ def sfda(features: np.ndarray, labels: np.ndarray) -> float:
 
     Raises:
         DataError: If the inputs are malformed.
-        ScoreUndefined: If every feature is constant within every class.
+        ScoreUndefined: If every feature is constant within every class, or the features are so
+            large that their covariance overflows float64.
     """
     features, codes, counts = check_inputs(features, labels, "sfda")
     features = features.astype(np.float64)
+    check_magnitude(features, 2, "sfda")
     n_samples, n_classes = codes.size, counts.size
     rows = np.arange(n_samples)
     class_means = class_sums(features, codes, n_classes) / counts[:, None]

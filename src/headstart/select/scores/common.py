@@ -8,6 +8,7 @@ import scipy.sparse
 from headstart.errors import DataError, HeadstartError
 
 __all__ = [
+    "NUMERICAL_FAILURES",
     "ScoreUndefined",
     "UnknownScoreError",
     "check_features",
@@ -15,6 +16,8 @@ __all__ = [
     "check_labels",
     "check_source_logits",
     "class_sums",
+    "check_magnitude",
+    "undefined_after",
 ]
 
 
@@ -32,6 +35,38 @@ class ScoreUndefined(HeadstartError):
 
 class UnknownScoreError(HeadstartError, ValueError):
     """A score name is not in :data:`SCORES`."""
+
+
+# What a score may raise when the numbers, not the code, are at fault: a decomposition that does
+# not converge, an overflow or a division by zero, no memory for a Gram matrix. compute_scores and
+# the ranking keep these as ScoreUndefined with the reason; any other exception is a bug and
+# propagates. Undefined inputs raise ScoreUndefined itself.
+NUMERICAL_FAILURES: tuple[type[BaseException], ...] = (np.linalg.LinAlgError, ArithmeticError, MemoryError)
+
+
+def undefined_after(name: str, error: BaseException) -> ScoreUndefined:
+    """The ScoreUndefined that stands for a numerical failure of score ``name``, caused by ``error``."""
+    undefined = ScoreUndefined(f"{name} failed: {type(error).__name__}: {error}")
+    undefined.__cause__ = error
+    return undefined
+
+
+def check_magnitude(features: np.ndarray, power: int, score: str) -> None:
+    """Raise ScoreUndefined if sums of ``power``-th powers of the features overflow float64.
+
+    A score that sums products of ``power`` features over n samples and d features overflows when
+    max|x| ** power * n * d reaches the largest float64; the features are finite but too large.
+    """
+    largest = float(np.abs(features).max()) if features.size else 0.0
+    if largest == 0.0:
+        return
+    n_samples, n_features = features.shape
+    log_size = power * np.log(largest) + np.log(n_samples) + np.log(n_features)
+    if log_size >= np.log(np.finfo(np.float64).max):
+        raise ScoreUndefined(
+            f"{score} overflows float64 on these features: the largest |value| is {largest:.3g}. "
+            "Rescale the features (for example divide them by their largest value)."
+        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.special
 
-from headstart.select.scores.common import ScoreUndefined, check_inputs, check_source_logits, class_sums
+from headstart.select.scores.common import ScoreUndefined, check_inputs, check_magnitude, check_source_logits, class_sums
 
 __all__ = ["leep", "nce", "nleep"]
 
@@ -90,7 +90,8 @@ def nleep(
 
     Raises:
         DataError: If the inputs are malformed.
-        ScoreUndefined: If every feature is constant.
+        ScoreUndefined: If every feature is constant, the features are so large that their
+            covariance overflows float64, or the mixture has an ill-defined covariance.
         ValueError: If ``variance`` is outside (0, 1] or a count is below 1.
     """
     from sklearn.decomposition import PCA
@@ -106,11 +107,17 @@ def nleep(
         )
     if np.ptp(features, axis=0).max() == 0:
         raise ScoreUndefined("nleep is undefined for constant features: there is nothing to cluster.")
+    check_magnitude(features, 2, "nleep")
     pca = PCA(n_components=variance if variance < 1.0 else None)
     reduced = pca.fit_transform(features.astype(np.float64))[:, :max_dims]
     n_components = min(components_per_class * counts.size, features.shape[0] // 2)
     mixture = GaussianMixture(n_components=n_components, covariance_type="diag", random_state=random_state)
-    posteriors = mixture.fit(reduced).predict_proba(reduced)
+    try:
+        posteriors = mixture.fit(reduced).predict_proba(reduced)
+    except ValueError as error:
+        if "ill-defined empirical covariance" not in str(error):
+            raise
+        raise ScoreUndefined(f"nleep: the Gaussian mixture cannot be fitted to these features: {error}") from error
     return _leep_from_probabilities(posteriors, codes, counts.size)
 
 

@@ -9,7 +9,14 @@ import numpy as np
 
 from headstart.errors import did_you_mean
 from headstart.select.scores.class_separation import hscore, hscore_shrinkage, sfda
-from headstart.select.scores.common import ScoreUndefined, UnknownScoreError, check_inputs, check_source_logits
+from headstart.select.scores.common import (
+    NUMERICAL_FAILURES,
+    ScoreUndefined,
+    UnknownScoreError,
+    check_inputs,
+    check_source_logits,
+    undefined_after,
+)
 from headstart.select.scores.label_entropy import leep, nce, nleep
 from headstart.select.scores.linear_evidence import logme
 
@@ -67,8 +74,10 @@ def compute_scores(
 
     Inputs are validated once, up front, so malformed data raises instead of producing a table of
     failures. After that, each score's value is either a float or the :class:`ScoreUndefined` that
-    explains why it is missing (a score needing ``source_logits`` without them, or an unexpected
-    numerical failure, whose exception is kept as ``__cause__``).
+    explains why it is missing: a score undefined on these inputs (``leep`` without
+    ``source_logits``, constant features...), or a numerical failure (a decomposition that does not
+    converge, an overflow, no memory: :data:`~headstart.select.scores.common.NUMERICAL_FAILURES`),
+    whose exception is kept as ``__cause__``. Any other exception is a bug and propagates.
 
     Args:
         features: Array of shape (n_samples, n_features).
@@ -101,8 +110,6 @@ def compute_scores(
                 results[name] = function(features, codes)
         except ScoreUndefined as undefined:
             results[name] = undefined
-        except Exception as error:  # noqa: BLE001 - one failing score must not hide the others
-            undefined = ScoreUndefined(f"{name} failed: {type(error).__name__}: {error}")
-            undefined.__cause__ = error
-            results[name] = undefined
+        except NUMERICAL_FAILURES as error:  # one numerical failure must not hide the other scores
+            results[name] = undefined_after(name, error)
     return results
