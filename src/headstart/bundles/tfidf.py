@@ -130,13 +130,15 @@ class TfidfBundle:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, document: dict[str, Any] | None = None, *, trust_remote_code: bool = False) -> TfidfBundle:
+    def load(
+        cls, path: str | Path, document: dict[str, Any] | None = None, *, trust_remote_code: bool = False, allow_torchscript: bool = False
+    ) -> TfidfBundle:
         """Load a TF-IDF bundle folder, every file checked against its recorded sha256 before it is read.
 
         Args:
             path: The bundle folder.
             document: Its parsed ``bundle.json``, when the caller has read it already.
-            trust_remote_code: Accepted for the common ``load`` signature; nothing here runs code.
+            trust_remote_code, allow_torchscript: Accepted for the common ``load`` signature; nothing here runs code.
 
         Raises:
             DataError: A field or file is missing or malformed.

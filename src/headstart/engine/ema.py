@@ -28,7 +28,7 @@ class WeightEMA:
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0 < decay < 1:
-            raise OptionError(f"--ema-decay must be in (0, 1), got {decay!r}; 0.99 averages over about 100 steps.")
+            raise OptionError(f"--ema-decay (ema_decay) must be in (0, 1), got {decay!r}; 0.99 averages over about 100 steps.")
         self.decay = decay
         self.model = copy.deepcopy(model).eval()
         for parameter in self.model.parameters():
