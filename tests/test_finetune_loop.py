@@ -183,6 +183,39 @@ def test_resume_after_kill_ends_with_the_same_weights(npz, tmp_path):
     assert len((killed / "metrics.csv").read_text().strip().splitlines()) == 4
 
 
+class _KilledBetweenWrites(BaseException):
+    """Stands for a SIGKILL that lands between two checkpoint writes of one epoch."""
+
+
+def test_a_kill_between_the_checkpoint_writes_of_an_epoch_resumes_to_the_same_bundle(data, tmp_path, monkeypatch):
+    """The kill soak's finding: a kill after the last epoch's first checkpoint write must not leave a stale best.pt."""
+    import headstart.engine.loop as loop_module
+
+    common = {"strategy": "lp-ft", "epochs": 2, "image_size": 32, "seed": 0, "device": "cpu", "quiet": True}
+    straight = finetune(data, TINY_BACKBONE, out=tmp_path / "straight", **common)
+    assert straight.best_epoch == 1, "the last epoch must improve for the kill to matter"
+    real_save = loop_module.save_checkpoint
+    writes: list[str] = []
+
+    def save_then_die(path, checkpoint):
+        real_save(path, checkpoint)
+        writes.append(Path(path).name)
+        if checkpoint["loop"]["epoch"] == 2:  # the last epoch's first write is on disk: die before the second
+            raise _KilledBetweenWrites
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", save_then_die)
+    with pytest.raises(_KilledBetweenWrites):
+        finetune(data, TINY_BACKBONE, out=tmp_path / "killed", **common)
+    monkeypatch.setattr(loop_module, "save_checkpoint", real_save)
+    resumed = finetune(data, TINY_BACKBONE, out=tmp_path / "killed", resume=True, **common)
+    assert resumed.best_epoch == straight.best_epoch
+    for name in ("backbone.safetensors", "head.safetensors"):
+        a, b = tmp_path / "killed" / "bundle" / name, tmp_path / "straight" / "bundle" / name
+        if a.exists() or b.exists():
+            assert a.read_bytes() == b.read_bytes(), f"{name} differs after the kill between writes"
+    assert resumed.test.accuracy == straight.test.accuracy
+
+
 def test_resume_with_other_settings_is_refused(data, tmp_path):
     out = tmp_path / "run"
     finetune(data, TINY_BACKBONE, strategy="full", epochs=1, image_size=32, out=out, quiet=True)

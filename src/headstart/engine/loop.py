@@ -240,9 +240,11 @@ class _Loop:
             log.epoch(adapter.epoch_line(state["history"][-1], config.epochs, state), state["history"])
             if self.run.main and self.out is not None:
                 checkpoint = self._checkpoint(phase)
-                save_checkpoint(self.out / "checkpoints" / "last.pt", checkpoint)
+                # best.pt first: last.pt marks the epoch done, so a kill between the two writes redoes
+                # the epoch on resume instead of leaving best.pt one improvement behind.
                 if improved:
                     save_checkpoint(self.out / "checkpoints" / "best.pt", checkpoint)
+                save_checkpoint(self.out / "checkpoints" / "last.pt", checkpoint)
             if state["stopped_early"]:
                 self.run.say(f"early stop: no better validation {self.adapter.score_name} for {config.patience} epochs; keeping epoch {state['best_epoch']}")
             _after_epoch(epoch)
