@@ -164,6 +164,8 @@ def launch(kind: str, helper_args: list[str], work: Path, delay: float | None, e
             process.wait()
         seconds = time.monotonic() - start
     output = log.read_text(errors="replace")
+    if killed and process.returncode == 0:
+        killed = False  # it exited between the timeout and the signal: a finished run, not a kill
     if not killed and process.returncode != 0:
         raise SystemExit(f"{kind} child failed (exit {process.returncode}):\n{output[-3000:]}")
     if killed and process.returncode != -signal.SIGKILL:
