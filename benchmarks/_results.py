@@ -6,6 +6,8 @@ next ``## `` heading; a missing section is appended at the end.
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -47,3 +49,26 @@ def write_subsection(section: str, title: str, body: str, path: Path = RESULTS) 
         sub_end = part.find("\n### ", sub + 4)
         part = part[:sub] + block + (part[sub_end + 1 :] if sub_end >= 0 else "")
     path.write_text(text[:start] + part + text[end:])
+
+
+def cpu_fields() -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (empty where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for the machine line of a result."""
+    return cpu_fields().get("model name") or platform.processor() or "unknown CPU"
+

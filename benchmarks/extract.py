@@ -164,18 +164,13 @@ def run_headstart(root: Path, store_dir: Path, workers: int | None, limit: int |
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
+    from _results import cores, cpu_fields, cpu_model
+
+    fields = cpu_fields()
+    model = cpu_model()
     if "model name" in fields:
-        model = f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
+        model = f"{model} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    return f"{model}, {cores()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
 
 
 def load() -> str:

@@ -435,15 +435,9 @@ def describe(attempt: Attempt) -> str:
 
 
 def machine() -> tuple[str, int]:
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
-    return fields.get("model name") or platform.processor() or "unknown CPU", cores
+    from _results import cores, cpu_model
+
+    return cpu_model(), cores()
 
 
 def loadavg() -> str:
