@@ -24,14 +24,15 @@ $(STAMP): pyproject.toml Makefile scripts/install_assets.sh scripts/install_brow
 demo: setup
 	$(VENV)/bin/headstart demo
 
-# The suite: unit tests, CLI tests and the real-weight integration tests. The slow documentation
-# examples (whole demo, fine-tuning and multi-process runs, tens of minutes on 2 cores) run in test-all.
+# The suite: unit tests, CLI tests, the real-weight integration tests and every README/docs code
+# block not marked skip-test (about 12 minutes on 2 cores). CI runs this target.
 test: setup
-	$(PY) -m pytest -q -m "not docs"
-
-test-all: setup
 	$(PY) -m pytest -q
 
+# Kept as an alias of `test`, for old habits and scripts.
+test-all: test
+
+# Minutes, not tens: no real weights and no documentation examples.
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 

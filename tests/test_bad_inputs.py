@@ -383,3 +383,22 @@ def test_a_torchscript_backbone_needs_allow_torchscript(tmp_path, monkeypatch, c
     code, stdout, err = run(["predict", str(out), str(image), "--allow-torchscript", "--json"], monkeypatch, capsys)
     assert code == 0, err
     assert json.loads(stdout)[0]["label"] is not None
+
+
+@pytest.mark.parametrize("command", ["probe", "rank"])
+def test_the_encoding_the_error_suggests_works_from_the_cli(command, tmp_path, monkeypatch, capsys):
+    """The not-UTF-8 error says ``--encoding cp1252``: every command that reads a table takes it, and reads every row."""
+    rows = [("très bon", "pos"), ("mauvais", "neg"), ("génial", "pos"), ("déçu", "neg")] * 4
+    table = tmp_path / "latin1.csv"
+    table.write_bytes(("text,label\n" + "".join(f"{t},{label}\n" for t, label in rows)).encode("cp1252"))
+    common = ["--encoding", "cp1252", "--cache-dir", str(tmp_path / "store"), "--json"]
+    args = {
+        "probe": ["probe", str(table), "-b", "sk:tfidf", "--out", str(tmp_path / "run"), *common],
+        "rank": ["rank", str(table), "-c", "sk:tfidf", "--no-cost", "--scores", "knn", "--combine", "knn", *common],
+    }[command]
+    code, out, err = run(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert "Traceback" not in err and "skipped" not in err
+    if command == "probe":
+        counts = json.loads(out)["dataset"]["counts"]
+        assert sum(n for split in counts.values() for n in split.values()) == len(rows)

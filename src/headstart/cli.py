@@ -17,12 +17,15 @@ import typer
 from headstart.commands.common import (
     AllowTorchScript,
     CacheDir,
+    Encoding,
     ImageSize,
     Json,
+    LabelColumn,
     Out,
     PerClass,
     Quiet,
     Seed,
+    TextColumn,
     print_json,
     store_from,
     table,
@@ -30,8 +33,6 @@ from headstart.commands.common import (
 from headstart.errors import HeadstartError
 
 # Options of the commands that read data or load backbones (text data and hf:/st: encoders).
-TextColumn = Annotated[Optional[str], typer.Option("--text-column", help="Column holding the text in a .csv/.tsv/.jsonl table (default: text).")]
-LabelColumn = Annotated[str, typer.Option("--label-column", help="Column holding the label in a .csv/.tsv/.jsonl table.")]
 TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Let hf:/st: model folders run the code they ship (off by default; read it first).")]
 
 app = typer.Typer(
@@ -91,6 +92,7 @@ def extract_cmd(
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the network (pays off on large jobs only).")] = False,
     text_column: TextColumn = None,
     label_column: LabelColumn = "label",
+    encoding: Encoding = None,
     trust_remote_code: TrustRemoteCode = False,
     allow_torchscript: AllowTorchScript = False,
     cache_dir: CacheDir = None,
@@ -101,7 +103,7 @@ def extract_cmd(
     from headstart.data import load_data
     from headstart.features import extract
 
-    dataset = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column)
+    dataset = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column, encoding=encoding)
     features = extract(
         backbone, dataset, layer=layer, pool=pool, image_size=image_size, batch_size=batch_size,
         num_workers=workers, device=device, decode=decode, compile=compile_model, store=store_from(cache_dir),
@@ -133,6 +135,7 @@ def probe_cmd(
     out: Out = None,
     text_column: TextColumn = None,
     label_column: LabelColumn = "label",
+    encoding: Encoding = None,
     trust_remote_code: TrustRemoteCode = False,
     allow_torchscript: AllowTorchScript = False,
     cache_dir: CacheDir = None,
@@ -143,7 +146,7 @@ def probe_cmd(
     from headstart.data import load_data
     from headstart.workflows.probe import print_probe_table, probe
 
-    dataset = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column)
+    dataset = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column, encoding=encoding)
     out = out or Path("runs") / f"probe-{time.strftime('%Y%m%d-%H%M%S')}"
     report = probe(
         dataset, backbone, head, layer=layer, pool=pool, image_size=image_size, seed=seed, out=out,

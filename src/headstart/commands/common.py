@@ -17,6 +17,11 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (messag
 Out = Annotated[Optional[Path], typer.Option("--out", help="Output directory (run directory or bundle).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", help="Feature store folder (default: $HEADSTART_CACHE or ~/.cache/headstart).")]
+TextColumn = Annotated[Optional[str], typer.Option("--text-column", help="Column holding the text in a .csv/.tsv/.jsonl table (default: text).")]
+LabelColumn = Annotated[str, typer.Option("--label-column", help="Column holding the label in a .csv/.tsv/.jsonl table.")]
+Encoding = Annotated[
+    Optional[str], typer.Option("--encoding", help="A text table's encoding when it is not UTF-8: cp1252, latin-1, utf-16, ... (default: UTF-8).")
+]
 AllowTorchScript = Annotated[
     bool, typer.Option("--allow-torchscript", help="Let a file: TorchScript backbone load; it runs the code it holds (off by default).")
 ]

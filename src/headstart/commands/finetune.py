@@ -8,7 +8,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from headstart.commands.common import AllowTorchScript, CacheDir, ImageSize, Json, Out, PerClass, Quiet, Seed, print_json, store_from
+from headstart.commands.common import (
+    AllowTorchScript,
+    CacheDir,
+    Encoding,
+    ImageSize,
+    Json,
+    LabelColumn,
+    Out,
+    PerClass,
+    Quiet,
+    Seed,
+    TextColumn,
+    print_json,
+    store_from,
+)
 
 
 def finetune_cmd(
@@ -45,6 +59,9 @@ def finetune_cmd(
     image_size: ImageSize = None,
     seed: Seed = 0,
     out: Out = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = "label",
+    encoding: Encoding = None,
     cache_dir: CacheDir = None,
     allow_torchscript: AllowTorchScript = False,
     json_out: Json = False,
@@ -66,6 +83,11 @@ def finetune_cmd(
         from headstart.backbones import load_backbone
 
         backbone = load_backbone(backbone, allow_torchscript=True)  # finetune() loads a name without the opt-in
+    if text_column is not None or label_column != "label" or encoding is not None:
+        from headstart.data import load_data
+
+        data = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column, encoding=encoding)
+        per_class = None  # applied by load_data
     result = finetune(
         data,
         backbone,

@@ -8,7 +8,21 @@ from typing import Annotated
 
 import typer
 
-from headstart.commands.common import AllowTorchScript, CacheDir, ImageSize, Json, Out, PerClass, Quiet, Seed, print_json, store_from
+from headstart.commands.common import (
+    AllowTorchScript,
+    CacheDir,
+    Encoding,
+    ImageSize,
+    Json,
+    LabelColumn,
+    Out,
+    PerClass,
+    Quiet,
+    Seed,
+    TextColumn,
+    print_json,
+    store_from,
+)
 
 
 def _split(values: list[str] | None) -> list[str]:
@@ -61,6 +75,9 @@ def rank_cmd(
     image_size: ImageSize = None,
     seed: Seed = 0,
     out: Out = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = "label",
+    encoding: Encoding = None,
     cache_dir: CacheDir = None,
     allow_torchscript: AllowTorchScript = False,
     json_out: Json = False,
@@ -86,7 +103,7 @@ def rank_cmd(
     if not names:
         raise HeadstartError("Name candidates with --candidates A,B,C or --pattern 'tv:*'. List backbones with: headstart backbones.")
     parse_candidates(names)
-    dataset = load_data(data, per_class=per_class, seed=seed)
+    dataset = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column, encoding=encoding)
     table = rank_backbones(
         names,
         dataset,
