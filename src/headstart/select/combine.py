@@ -62,8 +62,9 @@ class Combination:
 # linear-probe test accuracy (Animal-MNIST and Fashion-MNIST, 12 candidates, 6 subsamples of 20
 # images per class). See benchmarks/RESULTS.md, "Ranking", and docs/choosing-a-backbone.md.
 DEFAULT_COMBINATION = Combination(scores=("leep", "knn"), method="mean_rank")
-# Computed by default: the scores of the default combination (add others with ``scores=``).
-DEFAULT_SCORES = ("leep", "knn")
+# Computed by default: the scores of the default combination, and ridge, whose leave-one-out errors say
+# how far apart the candidates are (the table's "vs #1" column). Add others with ``scores=``.
+DEFAULT_SCORES = ("leep", "knn", "ridge")
 COMBINE_METHODS = ("mean_rank", "zscore")
 
 
