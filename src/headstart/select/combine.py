@@ -57,7 +57,7 @@ class Combination:
         return {"method": self.method, "scores": list(self.scores), "description": self.describe()}
 
 
-# Chosen by benchmarks/rank.py: among the combinations whose scores cost at most 0.7 CPU seconds per
+# Chosen by benchmarks/rank.py (see below and benchmarks/RESULTS.md, "Ranking"): among the combinations whose scores cost at most 0.7 CPU seconds per
 # candidate on 2,000 images, the one with the best worst-dataset weighted Kendall tau against
 # linear-probe test accuracy (Animal-MNIST and Fashion-MNIST, 12 candidates, 6 subsamples of 20
 # images per class). See benchmarks/RESULTS.md, "Ranking", and docs/choosing-a-backbone.md.
