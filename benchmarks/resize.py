@@ -1,0 +1,230 @@
+"""The tensor decode path's batched resize (one roi_align call) against its per-image resize: features and CPU speed.
+
+The corpus: ``--n`` JPEGs (default 120) cut from the ten real photos that install with scikit-image
+and scikit-learn (the same photos as ``benchmarks/extract.py``), resized up or down to varied sizes
+from 64x64 to 2048x1536 (width x height; both orientations) and saved at JPEG quality 90. They decode
+with the tensor path's decoder (``decode_batch`` on the CPU) and go through both resizes of
+``resize_crop_normalize``: ``interpolate`` (one antialiased interpolate call per distinct size: photos
+of varied sizes resize one at a time) and ``roi_align`` (every image's crop box resampled from one
+padded canvas in one call).
+
+What it prints:
+
+* features of ``tv:mobilenet_v2.IMAGENET1K_V1`` (real offline weights) at 224 px through both
+  resizes: the median and lowest cosine similarity per image (goal: median >= 0.999, lowest >= 0.99),
+  for each roi_align sampling ratio (1 to 4, and 0: ceil of the input pixels per output pixel). The
+  ratio is chosen on half of the photos (the even-numbered ones) and reported on the other half;
+  the library's default (``ROI_SAMPLING_RATIO``) must be the chosen one;
+* the same with the spec switched to bicubic (roi_align samples bilinearly: this decides whether
+  bicubic specs may use it; the library keeps them on ``interpolate``);
+* each resize's distance to the PIL path (``preprocess_pil`` of the PIL decode), for scale;
+* the CPU speed of both resizes on batches of ``--batch`` images of varied sizes (best of
+  ``--repeats``), with the CPU model, cores and load average.
+
+Usage:
+    .venv/bin/python benchmarks/resize.py
+    .venv/bin/python benchmarks/resize.py --write     # also writes its section of benchmarks/RESULTS.md
+    .venv/bin/python benchmarks/resize.py --n 24 --repeats 1   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+BACKBONE = "tv:mobilenet_v2.IMAGENET1K_V1"
+# (width, height): thumbnails, phone-camera and web sizes, squares; up- and downscaled from the photos.
+SIZES = [(240, 180), (180, 240), (500, 375), (375, 500), (64, 64), (1024, 768), (768, 1024), (333, 500),
+         (640, 480), (96, 128), (1600, 1200), (256, 256), (300, 225), (2048, 1536), (160, 90), (720, 1280)]
+RATIOS = (1, 2, 3, 4, 0)
+HEADING = "## Batched resize of the tensor decode path (`benchmarks/resize.py`)"
+
+
+def build_corpus(folder: Path, n: int, seed: int = 0) -> tuple[list[Path], list[int]]:
+    """``n`` JPEGs of the sizes in SIZES (cycled) and the index of the photo each was cut from."""
+    from PIL import Image
+
+    from extract import source_photos
+
+    photos = source_photos()
+    rng = np.random.default_rng(seed)
+    paths, sources = [], []
+    for index in range(n):
+        which = index % len(photos)
+        name, photo = photos[which]
+        height, width = photo.shape[:2]
+        out_w, out_h = SIZES[index % len(SIZES)]
+        aspect = out_w / out_h
+        crop_h = int(min(height, width / aspect) * rng.uniform(0.6, 1.0))
+        crop_w = int(crop_h * aspect)
+        top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
+        image = Image.fromarray(photo[top : top + crop_h, left : left + crop_w]).resize((out_w, out_h), Image.Resampling.BICUBIC)
+        path = folder / f"{index:04d}-{name}-{out_w}x{out_h}.jpg"
+        image.save(path, quality=90)
+        paths.append(path)
+        sources.append(which)
+    return paths, sources
+
+
+def decode(paths: list[Path]) -> list[torch.Tensor]:
+    from headstart.features.fastpath import decode_batch
+
+    blobs = [torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8) for path in paths]
+    images, reasons = decode_batch(blobs, torch.device("cpu"))
+    assert not any(reasons), reasons
+    return images
+
+
+def features(backbone, batch: torch.Tensor, chunk: int = 32) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.cat([backbone(batch[i : i + chunk]) for i in range(0, len(batch), chunk)]).numpy()
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def pixels(images: list[torch.Tensor], spec, method: str, ratio: int | None = None, chunk: int = 32) -> torch.Tensor:
+    """Normalised (N, 3, S, S) inputs through one resize method, ``chunk`` images per call."""
+    from headstart.data.transforms import normalize_uint8
+    from headstart.features.fastpath import resize_crop_normalize, roi_resize_crop
+
+    out = []
+    for start in range(0, len(images), chunk):
+        part = images[start : start + chunk]
+        if method == "roi_align" and ratio is not None:
+            out.append(normalize_uint8(roi_resize_crop(part, spec, sampling_ratio=ratio), spec))
+        else:
+            out.append(resize_crop_normalize(part, spec, method))
+    return torch.cat(out)
+
+
+def speed(images: list[torch.Tensor], spec, method: str, batch: int, repeats: int) -> float:
+    """Images/s of ``resize_crop_normalize`` over all images in batches of ``batch`` (best of ``repeats``)."""
+    from headstart.features.fastpath import resize_crop_normalize
+
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for start in range(0, len(images), batch):
+            resize_crop_normalize(images[start : start + batch], spec, method)
+        best = min(best, time.perf_counter() - started)
+    return len(images) / best
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
+def run(args: argparse.Namespace) -> str:
+    from _results import cores, cpu_model
+    from headstart import load_backbone
+    from headstart.data.transforms import decode_file, preprocess_pil
+    from headstart.features.fastpath import ROI_SAMPLING_RATIO, default_resize
+
+    load_before = load()
+    backbone = load_backbone(BACKBONE).eval()
+    spec = backbone.spec
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, sources = build_corpus(Path(tmp), args.n)
+        images = decode(paths)
+        pil = torch.stack([preprocess_pil(decode_file(str(p), spec), spec) for p in paths])
+    sources = np.array(sources)
+    choose, report = sources % 2 == 0, sources % 2 == 1
+    sizes = sorted({(int(i.shape[-1]), int(i.shape[-2])) for i in images})
+
+    reference = features(backbone, pixels(images, spec, "interpolate"))
+    rows, scores = [], {}
+    for ratio in RATIOS:
+        cos = cosines(reference, features(backbone, pixels(images, spec, "roi_align", ratio)))
+        scores[ratio] = (np.median(cos[choose]), cos[choose].min())
+        rows.append((ratio, cos))
+    chosen = max(RATIOS, key=lambda r: scores[r])  # best median on the choice half, then best minimum
+
+    bicubic = dataclasses.replace(spec, interpolation="bicubic")
+    cos_bicubic = cosines(features(backbone, pixels(images, bicubic, "interpolate")),
+                          features(backbone, pixels(images, bicubic, "roi_align", chosen)))
+    pil_features = features(backbone, pil)
+    cos_pil_interp = cosines(pil_features, reference)
+    cos_pil_roi = cosines(pil_features, features(backbone, pixels(images, spec, "roi_align", chosen)))
+
+    rate_interp = speed(images, spec, "interpolate", args.batch, args.repeats)
+    rate_roi = speed(images, spec, "roi_align", args.batch, args.repeats)
+    load_after = load()
+
+    def label(ratio: int) -> str:
+        return "0 (ceil of input px per output px)" if ratio == 0 else str(ratio)
+
+    lines = [
+        HEADING,
+        "",
+        f"Run: `.venv/bin/python benchmarks/resize.py --n {args.n} --batch {args.batch} --repeats {args.repeats} --write`.",
+        f"{len(images)} JPEGs cut from the 10 scikit-image / scikit-learn photos, {len(sizes)} sizes from "
+        f"{sizes[0][0]}x{sizes[0][1]} to {sizes[-1][0]}x{sizes[-1][1]} (width x height, up- and downscaled), decoded by the "
+        "tensor path's decoder; features of `tv:mobilenet_v2.IMAGENET1K_V1` (ImageNet weights) at 224 px, fp32, CPU. "
+        "Cosine similarity per image between the per-image resize (`interpolate`: one antialiased call per distinct "
+        "size) and the batched one (`roi_align`: all crop boxes from one padded canvas, aligned=True). The sampling "
+        "ratio is chosen on the images cut from the even-numbered photos (choice half) and reported on the others "
+        "(held-out half). Goal: median >= 0.999, lowest >= 0.99.",
+        "",
+        "| roi_align sampling ratio | median cosine, choice half | lowest, choice half | median, held-out half | lowest, held-out half | lowest, all |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for ratio, cos in rows:
+        mark = " **(chosen)**" if ratio == chosen else ""
+        lines.append(f"| {label(ratio)}{mark} | {np.median(cos[choose]):.5f} | {cos[choose].min():.5f} | "
+                     f"{np.median(cos[report]):.5f} | {cos[report].min():.5f} | {cos.min():.5f} |")
+    final = dict(rows)[chosen]
+    met = np.median(final) >= 0.999 and final.min() >= 0.99
+    lines += [
+        "",
+        f"- chosen sampling ratio: {label(chosen)}; the library's default `ROI_SAMPLING_RATIO` is {ROI_SAMPLING_RATIO}"
+        f" ({'the same' if ROI_SAMPLING_RATIO == chosen else 'DIFFERENT: update it'}). With it, all images: median "
+        f"{np.median(final):.5f}, lowest {final.min():.5f}: goal {'met' if met else 'NOT met'}.",
+        f"- bicubic spec (per-image bicubic vs roi_align, which samples bilinearly): median {np.median(cos_bicubic):.5f}, "
+        f"lowest {cos_bicubic.min():.5f}. The tensor path uses roi_align for bilinear specs only "
+        f"(`default_resize`: bilinear -> {default_resize(spec)}, bicubic -> {default_resize(bicubic)}).",
+        f"- for scale, against the PIL path (PIL decode in draft mode, PIL resize): per-image resize median "
+        f"{np.median(cos_pil_interp):.5f}, lowest {cos_pil_interp.min():.5f}; roi_align median {np.median(cos_pil_roi):.5f}, "
+        f"lowest {cos_pil_roi.min():.5f}.",
+        f"- CPU speed of the resize alone (decoded uint8 images to normalised 224 px batches), batches of {args.batch} "
+        f"images of varied sizes, best of {args.repeats}: per-image `interpolate` **{rate_interp:.0f} images/s**, "
+        f"batched `roi_align` **{rate_roi:.0f} images/s** ({rate_roi / rate_interp:.2f}x). On the CPU the per-image "
+        "path's separable antialiased filters do less arithmetic than roi_align's sampling grid; the batched path is "
+        "for the GPU, where the per-image path's cost is one launch sequence per image (speed there: GPU section).",
+        f"- machine: {cpu_model()}, {cores()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}; load average (1/5/15 min) before: {load_before}; after: {load_after}",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=120, help="JPEGs (default 120)")
+    parser.add_argument("--batch", type=int, default=64, help="images per resize call in the speed test")
+    parser.add_argument("--repeats", type=int, default=3, help="speed runs; the fastest is kept")
+    parser.add_argument("--write", action="store_true", help="write the section into benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    os.environ.setdefault("HEADSTART_OFFLINE", "1")
+    block = run(args)
+    print(block)
+    if args.write:
+        from _results import write_section
+
+        write_section(block)
+
+
+if __name__ == "__main__":
+    main()
