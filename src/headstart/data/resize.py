@@ -32,7 +32,7 @@ from headstart.backbones.spec import BackboneSpec
 from headstart.data.transforms import center_crop, resize_size
 
 ROI_SAMPLING_RATIO = 0  # roi_align samples per fine cell and axis; 0: adaptive. Chosen by benchmarks/resize.py
-SUPERSAMPLE_MAX = 4  # the finest grid, in fine cells per output pixel and axis. Chosen by benchmarks/resize.py
+SUPERSAMPLE_MAX = 3  # the finest grid, in fine cells per output pixel and axis. Chosen by benchmarks/resize.py
 CANVAS_ELEMENTS = 1 << 28  # the most float elements of one padded canvas, and of one roi_align output
 
 
@@ -109,18 +109,25 @@ def canvas_chunks(shapes: list[tuple[int, int]], margin: int, budget: int, waste
     return chunks
 
 
+def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list as a tensor on ``device``, without waiting for the GPU's queued work."""
+    tensor = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def _padded_canvas(images: list[torch.Tensor], margin: int) -> torch.Tensor:
     """Float (N, 3, H + 2m, W + 2m): each image at offset (m, m), its edge pixels repeated into the padding.
 
-    One copy per image (into a uint8 canvas), then two gathers for the whole batch.
-
     Bilinear samples near an edge then read the edge, as ``interpolate`` does (``roi_align`` would
-    read zeros beyond the canvas, or the next image's padding).
+    read zeros beyond the canvas, or the next image's padding). One copy per image into a uint8
+    canvas, then two gathers for the whole batch.
     """
     device = images[0].device
-    heights = torch.tensor([int(image.shape[-2]) for image in images], device=device)
-    widths = torch.tensor([int(image.shape[-1]) for image in images], device=device)
-    top_h, top_w = int(heights.max()), int(widths.max())
+    top_h, top_w = max(int(image.shape[-2]) for image in images), max(int(image.shape[-1]) for image in images)
+    heights = _to_device([int(image.shape[-2]) for image in images], torch.int64, device)
+    widths = _to_device([int(image.shape[-1]) for image in images], torch.int64, device)
     packed = torch.empty(len(images), 3, top_h, top_w, dtype=images[0].dtype, device=device)
     for slot, image in enumerate(images):
         packed[slot, :, : image.shape[-2], : image.shape[-1]] = image
@@ -136,8 +143,7 @@ def _padded_canvas(images: list[torch.Tensor], margin: int) -> torch.Tensor:
 
 def _tent(factor: int, device: torch.device) -> torch.Tensor:
     """The depthwise (3, 1, 2k - 1, 2k - 1) tent kernel that merges k x k fine cells into one output pixel."""
-    taps = torch.tensor([min(t + 1, 2 * factor - 1 - t) for t in range(2 * factor - 1)], dtype=torch.float32, device=device)
-    taps = taps / factor**2
+    taps = _to_device([min(t + 1, 2 * factor - 1 - t) / factor**2 for t in range(2 * factor - 1)], torch.float32, device)
     return (taps[:, None] * taps[None]).expand(3, 1, -1, -1).contiguous()
 
 
@@ -181,11 +187,11 @@ def roi_resize_crop(images: list[torch.Tensor], spec: BackboneSpec, sampling_rat
             per_call = max(1, budget // (3 * cells * cells))
             for start in range(0, len(slots), per_call):
                 part = slots[start : start + per_call]
-                boxes = torch.tensor([(slot, *(c + margin for c in fine_box(spec, *shapes[chunk[slot]], factor))) for slot in part],
-                                     dtype=torch.float32, device=device)
+                boxes = _to_device([(slot, *(c + margin for c in fine_box(spec, *shapes[chunk[slot]], factor))) for slot in part],
+                                   torch.float32, device)
                 fine = roi_align(canvas, boxes, output_size=(cells, cells), spatial_scale=1.0,
                                  sampling_ratio=sampling_ratio, aligned=True)
                 if factor > 1:
                     fine = F.conv2d(fine, _tent(factor, device), stride=factor, groups=3)
-                out[torch.tensor([chunk[slot] for slot in part], device=device)] = fine
+                out[_to_device([chunk[slot] for slot in part], torch.int64, device)] = fine
     return out

@@ -132,7 +132,7 @@ def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decod
     if decode == "tensor":
         from headstart.features.fastpath import default_resize
 
-        parts["resize"] = default_resize(spec)
+        parts["resize"] = default_resize(spec, str(device or "cpu"))
     if str(spec.sha256).startswith("random-init"):
         from headstart.versions import package_versions
 

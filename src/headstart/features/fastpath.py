@@ -4,9 +4,10 @@ On a GPU this decodes JPEGs with nvJPEG (``torchvision.io.decode_jpeg(list, devi
 resizes, crops and normalises with batched tensor ops, so the CPU only reads bytes. The resize of a
 whole batch of images of any sizes takes a few ``roi_align`` calls on one padded canvas
 (:mod:`headstart.data.resize`); bicubic specs, and ``resize="interpolate"``, resize each distinct
-size in one interpolate call instead. A file that is not a JPEG, or whose batched decode fails, falls back to a CPU decode on its own and is reported if that fails too.
-The same code runs on the CPU (``decode="tensor"``), which is how its agreement with the PIL path is
-tested on machines without a GPU.
+size in one interpolate call instead, as does the CPU, where that is faster. A file that is not a
+JPEG, or whose batched decode fails, falls back to a CPU decode on its own and is reported if that
+fails too. The same code runs on the CPU (``decode="tensor"``), which is how its agreement with the
+PIL path is tested on machines without a GPU.
 """
 
 from __future__ import annotations
@@ -85,13 +86,15 @@ def decode_batch(blobs: list[torch.Tensor], device: torch.device) -> tuple[list[
 RESIZE_METHODS = ("roi_align", "interpolate")
 
 
-def default_resize(spec: BackboneSpec) -> str:
-    """The resize the tensor path uses for ``spec``: ``roi_align`` (batched) where it is faithful.
+def default_resize(spec: BackboneSpec, device: torch.device | str = "cuda") -> str:
+    """The resize the tensor path uses for ``spec`` on ``device``: ``roi_align`` (batched) on a GPU where it is faithful.
 
-    ``roi_align`` samples bilinearly, so it stands in for antialiased bilinear resizing; a bicubic
-    spec keeps the per-image ``interpolate`` (benchmarks/resize.py measures both against it).
+    ``roi_align`` samples bilinearly, so it stands in for antialiased bilinear resizing only; a
+    bicubic spec keeps the per-image ``interpolate``. On the CPU the per-image path is the faster
+    one (about 2x, benchmarks/resize.py), so the batched path is the default on GPUs only.
     """
-    return "roi_align" if spec.interpolation == "bilinear" else "interpolate"
+    on_gpu = torch.device(device).type == "cuda"
+    return "roi_align" if on_gpu and spec.interpolation == "bilinear" else "interpolate"
 
 
 def resize_crop_normalize(images: list[torch.Tensor], spec: BackboneSpec, method: str | None = None) -> torch.Tensor:
@@ -100,9 +103,9 @@ def resize_crop_normalize(images: list[torch.Tensor], spec: BackboneSpec, method
     ``method``: ``roi_align`` resamples every image's crop box from one padded canvas in a few
     batched calls, whatever the sizes; ``interpolate`` resizes each distinct size in one antialiased
     interpolate call (photos of varied sizes then resize one at a time); None:
-    :func:`default_resize`. See :mod:`headstart.data.resize`.
+    :func:`default_resize` for the images' device. See :mod:`headstart.data.resize`.
     """
-    method = method or default_resize(spec)
+    method = method or default_resize(spec, images[0].device)
     if method not in RESIZE_METHODS:
         raise ValueError(f"resize method {method!r} is not one of {', '.join(RESIZE_METHODS)}")
     pixels = roi_resize_crop(images, spec) if method == "roi_align" else interpolate_resize_crop(images, spec)
