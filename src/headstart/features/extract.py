@@ -575,7 +575,12 @@ def fused_for_cpu(backbone: Backbone) -> Backbone:
 
 
 def _compiled(backbone: Backbone, quiet: bool) -> Backbone:
-    """``torch.compile`` the backbone's network; the compile itself happens on the first batch."""
+    """``torch.compile`` the backbone's network; the compile itself happens on the first batch.
+
+    A network that an earlier call compiled is used as it is (compiling it again would wrap it twice).
+    """
+    if hasattr(backbone.model, "_orig_mod"):  # torch.compile's wrapper holds the original there
+        return backbone
     backbone.model = torch.compile(backbone.model)
     if not quiet:
         from headstart.console import err_console
