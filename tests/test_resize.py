@@ -157,3 +157,23 @@ def test_tensor_batches_take_the_resize_option_and_still_report_bad_files(tmp_pa
     assert torch.equal(out["roi_align"][5], out["interpolate"][5])  # the bad file's blank row
     assert (out["roi_align"][:5] - out["interpolate"][:5]).abs().mean() < 0.01  # normalised units
     assert not torch.equal(out["roi_align"], out["interpolate"])  # the option reached the resize
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: extraction with nvJPEG and the batched resize")
+def test_gpu_extraction_with_the_batched_resize_matches_the_cpu(tmp_path):
+    from headstart import FeatureStore, extract, load_data
+
+    for index, array in enumerate(photos()):
+        folder = tmp_path / "images" / ("a" if index % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(folder / f"{index}.jpg", quality=90)
+    data = load_data(tmp_path / "images")
+    name = "tv:mobilenet_v2@random"  # bilinear: the batched resize is the GPU default
+    common = dict(image_size=64, quiet=True, num_workers=0)
+    cpu = extract(name, data, device="cpu", decode="pil", store=FeatureStore(tmp_path / "c"), **common)
+    gpu = extract(name, data, device="cuda", store=FeatureStore(tmp_path / "g"), **common)
+    assert gpu.valid.all() and cpu.valid.all()
+    a, b = cpu.X, gpu.X
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.97  # bf16, nvJPEG and the batched resize against fp32, PIL and PIL's resize
