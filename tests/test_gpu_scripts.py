@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,11 +40,14 @@ def test_gpu_extract_parses_its_options_and_refuses_bad_ones():
     assert bad.returncode != 0 and "at least 1" in bad.stderr
 
 
-def test_gpu_section_pending_state_names_the_command():
+def test_gpu_section_pending_state_names_the_command_and_the_scripts_time_limits():
     result = run(sys.executable, str(BENCH / "gpu_section.py"))
     assert result.returncode == 0
     assert result.stdout.startswith("## GPU extraction")
     assert "nothing has run on a GPU yet" in result.stdout and "bash benchmarks/gpu_run.sh" in result.stdout
+    limits = re.findall(r"^    limits=\((\d+) (\d+) (\d+)\)$", (BENCH / "gpu_run.sh").read_text(), re.M)[-1]  # the GPU run's, after the dry run's
+    assert sum(map(int, limits)) < 300  # the three steps fit in 5 minutes
+    assert f"time limits of {limits[0]}, {limits[1]} and {limits[2]} s" in result.stdout
 
 
 def _result(model: str, headstart: float, compiled: float | None = None) -> dict:
