@@ -91,7 +91,7 @@ def default_resize(spec: BackboneSpec, device: torch.device | str = "cuda") -> s
 
     ``roi_align`` samples bilinearly, so it stands in for antialiased bilinear resizing only; a
     bicubic spec keeps the per-image ``interpolate``. On the CPU the per-image path is the faster
-    one (about 2x, benchmarks/resize.py), so the batched path is the default on GPUs only.
+    one (benchmarks/resize.py), so the batched path is the default on GPUs only.
     """
     on_gpu = torch.device(device).type == "cuda"
     return "roi_align" if on_gpu and spec.interpolation == "bilinear" else "interpolate"
