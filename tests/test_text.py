@@ -857,12 +857,14 @@ def _keyword_dataset(n_per_class: int = 20) -> Dataset:
 def test_rank_text_encoders_beside_the_tfidf_baseline(tiny_bert):
     from headstart.workflows.rank import rank_backbones
 
-    # Default scores (LEEP and kNN); a baseline among the candidates adds the linear probe to them and to the combination.
+    # Default scores; a baseline among the candidates adds the linear probe to them and to the combination.
+    from headstart.select.combine import DEFAULT_SCORES
+
     table = rank_backbones([f"hf:{tiny_bert}@random", "sk:tfidf"], _keyword_dataset(), sample=40, layers=["pooled", "hidden.1"], quiet=True)
     by_name = {row.candidate: row for row in table.rows}
     assert set(by_name) == {f"hf:{tiny_bert}@random", f"hf:{tiny_bert}@random#hidden.1", "sk:tfidf"}  # one baseline row, no @size
     baseline = by_name["sk:tfidf"]
-    assert set(baseline.scores) == {"leep", "knn", "linear"}
+    assert set(baseline.scores) == {*DEFAULT_SCORES, "linear"}
     assert baseline.scores["linear"] >= 0.9 and baseline.scores["leep"] is None and baseline.scores["knn"] is None
     assert "no fixed feature space" in baseline.undefined["knn"]
     assert baseline.feature_dim > 10 and baseline.image_size is None and "no network" in baseline.cost_error
