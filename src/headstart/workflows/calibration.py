@@ -75,7 +75,7 @@ def head_calibration(head_name: str, head: Any, X, y: np.ndarray, *, seed: int, 
         return Calibration(scores=scores, log_prior_shift=shift, prior=prior, note="off (calibrate=False, --no-calibrate)")
     if head_name not in CALIBRATION_FOLDS:
         return Calibration(log_prior_shift=shift, prior=prior, note=NOT_FITTED.get(head_name, "not fitted for this head"))
-    folds, reason = _folds(y, CALIBRATION_FOLDS[head_name], seed)
+    folds, reason = calibration_folds(y, CALIBRATION_FOLDS[head_name], seed)
     if folds is None:
         return Calibration(scores=scores, log_prior_shift=shift, prior=prior, note=f"not fitted: {reason}")
     held = out_of_fold_scores(head_name, head, X, y, folds, scores)
@@ -87,7 +87,7 @@ def head_calibration(head_name: str, head: Any, X, y: np.ndarray, *, seed: int, 
                        note=f"fitted on {len(folds)}-fold out-of-fold predictions of the {len(y)} training rows", extra=extra)
 
 
-def _folds(y: np.ndarray, wanted: int, seed: int):
+def calibration_folds(y: np.ndarray, wanted: int, seed: int):
     """Stratified folds of ``y`` (at most ``wanted``, at most the smallest class's count), or None and why not."""
     from sklearn.model_selection import StratifiedKFold
 
@@ -114,4 +114,4 @@ def out_of_fold_scores(head_name: str, head: Any, X, y: np.ndarray, folds, score
     return to_scores(held, scores)
 
 
-__all__ = ["CALIBRATION_FOLDS", "check_calibration_options", "head_calibration", "out_of_fold_scores"]
+__all__ = ["CALIBRATION_FOLDS", "calibration_folds", "check_calibration_options", "head_calibration", "out_of_fold_scores"]
