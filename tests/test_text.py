@@ -489,7 +489,9 @@ def test_probe_bundle_and_predict_on_text(tiny_bert, tmp_path):
     assert results[1].error == "empty text" and results[1].label is None
     assert results[0].label in ("negative", "positive") and results[0].input == "i love this"
     X, _, _ = encode_texts(load_backbone(f"hf:{tiny_bert}"), ["i love this", "i hate this"])
-    np.testing.assert_allclose(bundle.predict_proba(["i love this", "i hate this"]), bundle.head.predict_proba(X), atol=1e-6)
+    # the bundle's probabilities are its head's, through its calibration (a kNN head's fitted temperature)
+    expected = bundle.calibration.apply(bundle.head.predict_proba(X))
+    np.testing.assert_allclose(bundle.predict_proba(["i love this", "i hate this"]), expected, atol=1e-6)
 
 
 def test_multilabel_text_probe(tiny_bert):

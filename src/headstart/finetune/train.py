@@ -16,6 +16,7 @@ from headstart.data.augment import AugmentConfig
 from headstart.data.dataset import Dataset
 from headstart.engine.policy import DEFAULT_LR, FinetunePolicy
 from headstart.errors import OptionError
+from headstart.evaluate.calibration import PRIORS
 from headstart.features import FeatureStore
 from headstart.finetune.adapter import ClassificationAdapter
 from headstart.finetune.result import FinetuneResult
@@ -52,6 +53,8 @@ def finetune(
     lora_rank: int = 8,
     lora_alpha: float = 16.0,
     lora_targets: tuple[str, ...] = ("query", "value"),
+    calibrate: bool = True,
+    prior: str = "data",
     quiet: bool = False,
 ) -> FinetuneResult:
     """Fine-tune a backbone with a new linear head, and return (and save) the best model as a bundle.
@@ -94,6 +97,13 @@ def finetune(
         lora_rank: With ``strategy="lora"``: the adapters' rank.
         lora_alpha: With ``strategy="lora"``: the adapters' scaling numerator (updates scale by alpha / rank).
         lora_targets: With ``strategy="lora"``: module name suffixes of the linear layers to adapt.
+        calibrate: After training, fit a temperature ``T`` on the kept model's validation logits
+            (minimum NLL) and save it in the bundle, which then predicts ``softmax(logits / T)``; it
+            never changes the predicted class. False keeps ``T = 1``. Needs a validation split.
+        prior: ``"data"``: when ``per_class`` (or ``load_data(..., per_class=N)``) balanced the
+            training split, the bundle corrects its probabilities to the class frequencies the
+            training split had before (zero without subsampling). ``"uniform"``: keep the balanced
+            sample's prior.
         quiet: No per-epoch lines on the console.
 
     Returns:
@@ -109,10 +119,12 @@ def finetune(
     config = engine.TrainConfig.from_options(dict(locals()), nesterov=True)
     if not 0 <= label_smoothing < 1:
         raise OptionError(f"--label-smoothing must be in [0, 1), got {label_smoothing!r}.")
+    if prior not in PRIORS:
+        raise OptionError(f"prior must be 'data' (correct to the training split's class frequencies) or 'uniform', got {prior!r}.")
     adapter = ClassificationAdapter(
         data, backbone, per_class=per_class, image_size=image_size, store=store, label_smoothing=label_smoothing,
         augment=AugmentConfig(scale=tuple(crop_scale), randaugment=randaugment),
-        lora={"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_targets": tuple(lora_targets)},
+        lora={"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_targets": tuple(lora_targets)}, calibrate=calibrate, prior=prior,
     )
     return engine.train(config, adapter)
 
