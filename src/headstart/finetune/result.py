@@ -26,9 +26,9 @@ class FinetuneResult:
         policy: The policy that ran.
         lr: The base (head) learning rate.
         history: One dict per epoch: losses, accuracies, learning rate, phase, seconds.
-        best_epoch: The epoch whose weights were kept (best validation accuracy; ties go to the later
-            epoch); -1 when LP-FT's starting point (the probe's head on the pretrained backbone) stayed
-            strictly better than every epoch.
+        best_epoch: The epoch whose weights were kept: the latest epoch whose validation accuracy is
+            within ``keep_within`` standard errors of the best (see ``keep_rule``); -1 when that is
+            LP-FT's starting point (the probe's head on the pretrained backbone).
         stopped_early: Whether early stopping ended the run.
         test: Test metrics of the kept weights (None without a test split, and on processes other than the main one).
         probe_test_accuracy: For ``lp-ft``: the test accuracy of the initial linear probe.
@@ -41,6 +41,8 @@ class FinetuneResult:
         device: The device each process trained on.
         mixed_precision: The precision used (``no``, ``bf16``, ``fp16``).
         model: The fine-tuned model (best weights, eval mode, on the CPU).
+        augment: The training augmentations (crop scale and ratio, ``flip``, ``randaugment``); None for text.
+        keep_rule: The kept-epoch rule and its inputs (see :mod:`headstart.engine.keep`).
     """
 
     backbone: str
@@ -61,6 +63,8 @@ class FinetuneResult:
     device: str
     mixed_precision: str
     model: FinetuneModel = field(repr=False)
+    augment: dict[str, Any] | None = None
+    keep_rule: dict[str, Any] | None = None
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -75,6 +79,8 @@ class FinetuneResult:
             "policy": self.policy.to_dict(),
             "lr": self.lr,
             "best_epoch": self.best_epoch,
+            "keep_rule": self.keep_rule,
+            "augment": self.augment,
             "start": self.start,
             "stopped_early": self.stopped_early,
             "test": self.test.to_dict() if self.test else None,
@@ -119,6 +125,8 @@ def write_run_files(out: Path, result: FinetuneResult, settings: dict[str, Any],
         epochs=settings["epochs"],
         lr=result.lr,
         batch_size=settings["batch_size"],
+        augment=result.augment,
+        keep_within=settings.get("keep_within"),
         probe_store_key=probe_store_key,
         resumed=resumed,
         wall_seconds=round(result.seconds, 2),
