@@ -1,10 +1,11 @@
 """THE training loop: every task's epochs run here.
 
 Read it top to bottom: :func:`train` is the whole run: :func:`start` makes the run's Accelerator
-(the device is resolved once); the task's adapter sets up its data and model; :func:`fit` builds the optimizer over the compiled policy's groups and the warm-up + cosine
-schedule, maybe resumes, then for each epoch applies the policy's phase, trains (gradient
-accumulation, clipping, the EMA of the weights), validates, verifies that frozen things did not
-move, keeps an epoch (the rule in :mod:`headstart.engine.keep`), logs and checkpoints; at the end the kept weights are back in the model.
+(the device is resolved once); the task's adapter sets up its data and model; :func:`fit` builds
+the optimizer over the compiled policy's groups and the warm-up + cosine schedule, maybe resumes,
+then for each epoch applies the policy's phase, trains (gradient accumulation, clipping, the EMA of
+the weights), validates, verifies that frozen things did not move, decides the kept epoch (the rule
+in :mod:`headstart.engine.keep`), logs and checkpoints; at the end the kept weights are back in the model.
 The task's :class:`~headstart.engine.adapter.Adapter` supplies batches, loss and validation, then
 evaluates on its test split and writes its bundle and run files; :func:`finish` closes the run.
 """
