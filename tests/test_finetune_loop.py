@@ -268,7 +268,8 @@ def test_a_frozen_weight_changed_by_outside_code_is_caught(data, monkeypatch):
 def test_early_stopping_keeps_the_best_epoch(data, monkeypatch):
     scores = iter([(0.9, 0.5), (0.8, 0.6), (0.7, 0.55), (0.6, 0.58)])  # (loss, accuracy): accuracy decides
     monkeypatch.setattr(classification, "_validate", lambda *args: next(scores))
-    result = finetune(data, TINY_BACKBONE, strategy="full", epochs=6, patience=2, image_size=32, quiet=True)
+    # keep_within=0: the highest validation accuracy (tests/test_finetune_defaults.py has the noise-aware rule)
+    result = finetune(data, TINY_BACKBONE, strategy="full", epochs=6, patience=2, keep_within=0, image_size=32, quiet=True)
     assert result.stopped_early and len(result.history) == 4
     assert result.best_epoch == 1 and [row["best"] for row in result.history] == [True, True, False, False]
 
@@ -276,7 +277,7 @@ def test_early_stopping_keeps_the_best_epoch(data, monkeypatch):
 def test_a_validation_tie_goes_to_the_later_epoch(data, monkeypatch):
     scores = iter([(0.5, 0.8), (0.9, 0.8), (0.4, 0.7)])  # a tie in accuracy, whatever the loss
     monkeypatch.setattr(classification, "_validate", lambda *args: next(scores))
-    result = finetune(data, TINY_BACKBONE, strategy="full", epochs=3, image_size=32, quiet=True)
+    result = finetune(data, TINY_BACKBONE, strategy="full", epochs=3, keep_within=0, image_size=32, quiet=True)
     assert result.best_epoch == 1 and [row["best"] for row in result.history] == [True, True, False]
 
 
@@ -293,7 +294,7 @@ def test_a_small_validation_split_gets_a_note_that_the_epoch_choice_is_noisy(dat
 def test_lp_ft_keeps_the_probe_when_fine_tuning_does_not_beat_it(data, tmp_path, monkeypatch):
     scores = iter([(0.3, 0.9), (0.5, 0.8), (0.2, 0.85)])  # (loss, accuracy): the start, then epochs 0 and 1
     monkeypatch.setattr(classification, "_validate", lambda *args: next(scores))
-    result = finetune(data, TINY_BACKBONE, strategy="lp-ft", epochs=5, patience=2, image_size=32, out=tmp_path / "run", quiet=True)
+    result = finetune(data, TINY_BACKBONE, strategy="lp-ft", epochs=5, patience=2, keep_within=0, image_size=32, out=tmp_path / "run", quiet=True)
     assert result.best_epoch == -1 and result.start == {"val_loss": 0.3, "val_accuracy": 0.9}
     assert result.stopped_early and [row["best"] for row in result.history] == [False, False]
     # the kept weights are the probe's: the model scores on test as the probe did on the stored features

@@ -46,8 +46,15 @@ def finetune_cmd(
         Optional[float], typer.Option("--ema-decay", help="Validate and keep an EMA of the weights, e.g. 0.99 (helps short runs; default off).")
     ] = None,
     patience: Annotated[Optional[int], typer.Option("--patience", help="Early stopping: epochs without a better val accuracy (0 never stops).")] = 5,
+    keep_within: Annotated[
+        Optional[float],
+        typer.Option("--keep-within", help="Keep the latest epoch whose val accuracy is within this many standard errors of the best (default 1; 0: the best)."),
+    ] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation when there is no val split.")] = 0.1,
     crop_scale: Annotated[tuple[float, float], typer.Option("--crop-scale", help="Area range of the random resized crop.")] = (0.35, 1.0),
+    flip: Annotated[
+        bool, typer.Option("--flip/--no-flip", help="Mirror training images left-right at random (on; turn off for digits, text, anything handed).")
+    ] = True,
     randaugment: Annotated[bool, typer.Option("--randaugment", help="Add RandAugment to the training augmentations.")] = False,
     mixed_precision: Annotated[str, typer.Option("--mixed-precision", help="auto, no, bf16 or fp16.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
@@ -110,8 +117,10 @@ def finetune_cmd(
         max_grad_norm=max_grad_norm or None,
         ema_decay=ema_decay,
         patience=patience or None,
+        **({} if keep_within is None else {"keep_within": keep_within}),
         val_fraction=val_fraction,
         crop_scale=crop_scale,
+        flip=flip,
         randaugment=randaugment,
         mixed_precision=mixed_precision,
         per_class=per_class,

@@ -95,6 +95,10 @@ class Adapter:
         """The validation score that picks the kept epoch (higher is better) and the history's validation columns. Implement."""
         raise NotImplementedError
 
+    def score_noise(self, score: float) -> float:
+        """The standard error of a validation score of ``score`` (the kept-epoch rule's unit); 0: no noise model, exact comparison."""
+        return 0.0
+
     def history_row(self, base: dict[str, Any], train: dict[str, Any], val: dict[str, Any], times: dict[str, float], steps: int, best: bool) -> dict[str, Any]:
         """One history row from the engine's ``base`` columns (epoch, phase, trainable_params, lr), the
         training and validation columns, the epoch's wall, training and CPU seconds, and its optimizer batches."""

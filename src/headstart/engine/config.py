@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.engine.checkpoint import CheckpointError
+from headstart.engine.keep import KEEP_WITHIN
 from headstart.engine.policy import FinetunePolicy
 from headstart.errors import OptionError
 
@@ -39,6 +40,9 @@ class TrainConfig:
         ema_decay: Validate, keep and save an exponential moving average of the weights with this
             decay per optimizer step; None or 0 turns it off.
         patience: Stop after this many epochs without a better validation score; None never stops early.
+        keep_within: The kept-epoch rule (:mod:`headstart.engine.keep`): keep the latest epoch whose
+            validation score is within this many standard errors of the best (the adapter's noise
+            model; none for detection and segmentation); 0 keeps the highest score.
         max_cpu_seconds: Stop training once the process has used this much CPU time; None: no limit.
         val_fraction: Share of the training data held out for validation when there is no val split.
         mixed_precision: ``auto``, ``no``, ``bf16`` or ``fp16``.
@@ -62,6 +66,7 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     ema_decay: float | None = None
     patience: int | None = None
+    keep_within: float = KEEP_WITHIN
     max_cpu_seconds: float | None = None
     val_fraction: float = 0.1
     mixed_precision: str = "auto"
@@ -101,6 +106,9 @@ class TrainConfig:
             raise OptionError(f"--lr must be a positive number, got {lr!r}; 1e-3 for a head, 1e-4 for a whole network are common.")
         if self.optimizer not in OPTIMIZERS:
             raise OptionError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}.")
+        keep_within = self.keep_within
+        if not (isinstance(keep_within, (int, float)) and not isinstance(keep_within, bool) and 0 <= keep_within and math.isfinite(keep_within)):
+            raise OptionError(f"--keep-within must be a number of standard errors >= 0, got {keep_within!r}; 0 keeps the epoch with the best validation score.")
         if not 0 <= self.warmup_epochs:
             raise OptionError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}.")
         if not 0 <= self.val_fraction < 1:

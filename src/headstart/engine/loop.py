@@ -1,10 +1,11 @@
 """THE training loop: every task's epochs run here.
 
 Read it top to bottom: :func:`train` is the whole run: :func:`start` makes the run's Accelerator
-(the device is resolved once); the task's adapter sets up its data and model; :func:`fit` builds the optimizer over the compiled policy's groups and the warm-up + cosine
-schedule, maybe resumes, then for each epoch applies the policy's phase, trains (gradient
-accumulation, clipping, the EMA of the weights), validates, verifies that frozen things did not
-move, keeps the best epoch, logs and checkpoints; at the end the kept weights are back in the model.
+(the device is resolved once); the task's adapter sets up its data and model; :func:`fit` builds
+the optimizer over the compiled policy's groups and the warm-up + cosine schedule, maybe resumes,
+then for each epoch applies the policy's phase, trains (gradient accumulation, clipping, the EMA of
+the weights), validates, verifies that frozen things did not move, decides the kept epoch (the rule
+in :mod:`headstart.engine.keep`), logs and checkpoints; at the end the kept weights are back in the model.
 The task's :class:`~headstart.engine.adapter.Adapter` supplies batches, loss and validation, then
 evaluates on its test split and writes its bundle and run files; :func:`finish` closes the run.
 """
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from headstart.engine import keep
 from headstart.engine.accelerator import make_accelerator, release_group_at_exit, wrap
 from headstart.engine.adapter import Adapter, Setup
 from headstart.engine.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state, settings_diff
@@ -120,7 +122,7 @@ class _Loop:
     def go(self, extra_state: dict[str, Any]) -> dict[str, Any]:
         config, run = self.config, self.run
         self.state = {
-            "epoch": 0, "best_epoch": -1, "best_value": None, "since_best": 0, "history": [], "done": False,
+            "epoch": 0, **keep.keep_state(), "history": [], "done": False,
             "stopped_early": False, "stopped_by_budget": False, "cpu_used": 0.0, **extra_state,
         }
         if config.resume:
@@ -145,6 +147,7 @@ class _Loop:
         finally:
             log.close()
         self._restore_best()
+        self.state["keep_rule"] = keep.summary(self.state, config.keep_within, self.adapter.score_noise, self.adapter.n_val, self.adapter.score_name)
         return self.state
 
     # ----- resume, start, end -----------------------------------------------------------------
@@ -174,7 +177,8 @@ class _Loop:
     def _start_candidate(self) -> None:
         """Validate the starting weights: the first candidate for the kept weights (epoch -1)."""
         score, val = self.adapter.validate(self.model)
-        self.state.update(best_value=score, best_epoch=-1, start=val)
+        keep.start(self.state, score, self.adapter.score_noise, self.config.keep_within)
+        self.state["start"] = val
         self.best = _copy(self.adapter.weights(self.model))
         self.run.say(self.adapter.start_line(val))
         if self.run.main and self.out is not None:
@@ -222,12 +226,9 @@ class _Loop:
             train_seconds = time.perf_counter() - tick
             score, val = adapter.validate(self.scored)
             guard.check()
-            improved = _improved(score, state["best_value"], adapter.n_val, adapter.ties_to_later)
+            improved = keep.update(state, epoch, score, adapter.score_noise, config.keep_within, bool(adapter.n_val), adapter.ties_to_later)
             if improved:
-                state.update(best_value=score, best_epoch=epoch, since_best=0)
                 self.best = _copy(adapter.weights(self.scored))
-            else:
-                state["since_best"] += 1
             base = {"epoch": epoch, "phase": phase, "trainable_params": self.compiled.summary(epoch)["trainable_params"], "lr": self.scheduler.get_last_lr()[-1]}
             times = {"seconds_train": train_seconds, "seconds": time.perf_counter() - tick, "cpu_seconds": time.process_time() - cpu_tick}
             state["history"].append(adapter.history_row(base, train, val, times, steps, improved))
@@ -291,15 +292,6 @@ class _Loop:
         self.opt.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
-
-
-def _improved(score: float | None, best: float | None, n_val: int, ties_to_later: bool) -> bool:
-    """The kept-epoch rule: the highest validation score; without validation, the last epoch."""
-    if score is None:
-        return best is None or not n_val
-    if best is None:
-        return True
-    return score > best or (ties_to_later and score == best)
 
 
 def _copy(module: nn.Module) -> dict[str, torch.Tensor]:

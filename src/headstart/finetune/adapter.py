@@ -24,6 +24,7 @@ from headstart.data.dataset import Dataset
 from headstart.engine import Adapter, Setup
 from headstart.engine.accelerator import broadcast_from_main
 from headstart.engine.errors import out_of_memory_error
+from headstart.engine.keep import binomial_se
 from headstart.engine.policy import DEFAULT_LR, CompiledPolicy, FinetunePolicy, resolve_policy
 from headstart.evaluate import EvalResult, evaluate
 from headstart.evaluate.calibration import Calibration
@@ -100,7 +101,7 @@ class ClassificationAdapter(Adapter):
             "batch_size": config.batch_size, "accumulation_steps": config.accumulation_steps, "optimizer": config.optimizer,
             "warmup_epochs": config.warmup_epochs, "label_smoothing": self.label_smoothing, "max_grad_norm": config.max_grad_norm,
             "ema_decay": config.ema_decay, "augment": [list(augment.scale), list(augment.ratio), augment.flip, augment.randaugment],
-            "mixed_precision": precision, "seed": config.seed,
+            "mixed_precision": precision, "seed": config.seed, "keep_within": config.keep_within,
         }
 
     def _model(self, run, policy: FinetunePolicy):
@@ -144,10 +145,12 @@ class ClassificationAdapter(Adapter):
                 record.update({"test_ece_before": before.ece, "test_accuracy_before": before.accuracy, "test_ece_after": test.ece})
         policy, spec = compiled.policy, self.spec
         arrays, meta = head_to_probe_state(model.head)
-        metrics = {"test": test.to_dict() if test else None, "history": state["history"], "best_epoch": state["best_epoch"], "calibration": record}
+        augment = augment_summary(self.augment) if data.modality == "image" else None
+        metrics = {"test": test.to_dict() if test else None, "history": state["history"], "best_epoch": state["best_epoch"],
+                   "keep_rule": state.get("keep_rule"), "calibration": record}
         model.to("cpu")
         manifest = {"seed": config.seed, "data_fingerprint": setup.settings["data"], "data_source": data.source,
-                    "finetune": {**setup.settings, "strategy": policy.strategy}}
+                    "finetune": {**setup.settings, "strategy": policy.strategy, "augmentation": augment}}
         bundle = Bundle(spec=spec, head=head_from_state(arrays, meta), classes=list(data.classes), metrics=metrics, manifest=manifest,
                         backbone=self.backbone, finetuned=not adapters_only(compiled), calibration=calibration)
         result = FinetuneResult(
@@ -155,6 +158,7 @@ class ClassificationAdapter(Adapter):
             stopped_early=state["stopped_early"], test=test, probe_test_accuracy=state.get("probe_test_accuracy"), start=state.get("start"),
             bundle=bundle, bundle_path=None, out=config.out, seconds=time.perf_counter() - run.started, processes=run.world,
             device=str(run.accelerator.device), mixed_precision=run.accelerator.mixed_precision, model=model, calibration=record,
+            augment=augment, keep_rule=state.get("keep_rule"),
         )
         if run.main and config.out is not None:
             save_run(result, setup.settings, data, state.get("probe_store_key"), config.resume)
@@ -198,6 +202,10 @@ class ClassificationAdapter(Adapter):
             return None, {"val_loss": None, "val_accuracy": None}
         loss, accuracy = _validate(model, self.accelerator, self.batcher, self.val_rows, self.config.batch_size)
         return accuracy, {"val_loss": loss, "val_accuracy": accuracy}
+
+    def score_noise(self, score: float) -> float:
+        """The binomial standard error of a validation accuracy of ``score`` on this run's validation split."""
+        return binomial_se(score, self.n_val)
 
     def history_row(self, base, train, val, times, steps, best):
         rounded = {key: round(value, 3) for key, value in times.items()}
@@ -256,6 +264,11 @@ def init_head_from_probe(model: FinetuneModel, data: Dataset, train_rows, test_r
         return None, features.key
     rows = test_rows[features.valid[test_rows]]
     return float(np.mean(probe.predict(features.X[rows]) == data.labels[rows])), features.key
+
+
+def augment_summary(augment: AugmentConfig) -> dict[str, Any]:
+    """The training augmentations as the run's files record them (``flip`` tells a reader whether images were mirrored)."""
+    return {"crop_scale": list(augment.scale), "crop_ratio": [round(r, 4) for r in augment.ratio], "flip": augment.flip, "randaugment": augment.randaugment}
 
 
 def adapters_only(compiled: CompiledPolicy) -> bool:

@@ -26,9 +26,9 @@ class FinetuneResult:
         policy: The policy that ran.
         lr: The base (head) learning rate.
         history: One dict per epoch: losses, accuracies, learning rate, phase, seconds.
-        best_epoch: The epoch whose weights were kept (best validation accuracy; ties go to the later
-            epoch); -1 when LP-FT's starting point (the probe's head on the pretrained backbone) stayed
-            strictly better than every epoch.
+        best_epoch: The epoch whose weights were kept: the latest epoch whose validation accuracy is
+            within ``keep_within`` standard errors of the best (see ``keep_rule``); -1 when that is
+            LP-FT's starting point (the probe's head on the pretrained backbone).
         stopped_early: Whether early stopping ended the run.
         test: Test metrics of the kept weights (None without a test split, and on processes other than the main one).
         probe_test_accuracy: For ``lp-ft``: the test accuracy of the initial linear probe.
@@ -45,6 +45,8 @@ class FinetuneResult:
             ``log_prior_shift``, ``prior``, ``note``, and where fitted ``val_ece_before`` /
             ``val_ece_after``, ``val_nll_before`` / ``val_nll_after``, ``test_ece_before`` /
             ``test_ece_after`` (``test`` holds the calibrated metrics; the accuracy is the same).
+        augment: The training augmentations (crop scale and ratio, ``flip``, ``randaugment``); None for text.
+        keep_rule: The kept-epoch rule and its inputs (see :mod:`headstart.engine.keep`).
     """
 
     backbone: str
@@ -66,6 +68,8 @@ class FinetuneResult:
     mixed_precision: str
     model: FinetuneModel = field(repr=False)
     calibration: dict[str, Any] | None = None
+    augment: dict[str, Any] | None = None
+    keep_rule: dict[str, Any] | None = None
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -80,6 +84,8 @@ class FinetuneResult:
             "policy": self.policy.to_dict(),
             "lr": self.lr,
             "best_epoch": self.best_epoch,
+            "keep_rule": self.keep_rule,
+            "augment": self.augment,
             "start": self.start,
             "stopped_early": self.stopped_early,
             "test": self.test.to_dict() if self.test else None,
@@ -125,6 +131,8 @@ def write_run_files(out: Path, result: FinetuneResult, settings: dict[str, Any],
         epochs=settings["epochs"],
         lr=result.lr,
         batch_size=settings["batch_size"],
+        augment=result.augment,
+        keep_within=settings.get("keep_within"),
         probe_store_key=probe_store_key,
         resumed=resumed,
         wall_seconds=round(result.seconds, 2),

@@ -14,6 +14,7 @@ from headstart import engine
 from headstart.backbones import Backbone
 from headstart.data.augment import AugmentConfig
 from headstart.data.dataset import Dataset
+from headstart.engine.keep import KEEP_WITHIN
 from headstart.engine.policy import DEFAULT_LR, FinetunePolicy
 from headstart.errors import OptionError
 from headstart.evaluate.calibration import PRIORS
@@ -38,8 +39,10 @@ def finetune(
     max_grad_norm: float | None = 1.0,
     ema_decay: float | None = None,
     patience: int | None = 5,
+    keep_within: float = KEEP_WITHIN,
     val_fraction: float = 0.1,
     crop_scale: tuple[float, float] = (0.35, 1.0),
+    flip: bool = True,
     randaugment: bool = False,
     mixed_precision: str = "auto",
     per_class: int | None = None,
@@ -81,8 +84,15 @@ def finetune(
             smooths AdamW's noisy first steps (a 2-epoch LP-FT on Animal-MNIST: 0.850 test accuracy
             without, 0.900 with 0.99), but lags behind in longer runs (5 epochs: 0.912 with, 0.934 without).
         patience: Stop after this many epochs without a better validation accuracy; None never stops early.
+        keep_within: The kept-epoch rule: keep the latest epoch whose validation accuracy is within
+            this many binomial standard errors of the best one (1.0 by default, chosen in
+            ``benchmarks/finetune_curves.py``); 0 keeps the epoch with the best validation accuracy.
         val_fraction: Share of each class held out for validation when the data has no ``val`` split.
         crop_scale: Area range of the random resized crop.
+        flip: Mirror training images left-right at random (half of them). On by default: for most
+            photographs a mirrored image is as likely as the original and the flip is free extra
+            data. Turn it off where left and right differ: digits, text in images, road signs,
+            anything with a handedness.
         randaugment: Add RandAugment to the training augmentations.
         mixed_precision: ``auto`` (bf16 on GPUs that have it, else fp16; none on CPUs), ``no``, ``bf16`` or ``fp16``.
         per_class: With a source string: keep at most this many training items per class.
@@ -123,7 +133,7 @@ def finetune(
         raise OptionError(f"prior must be 'data' (correct to the training split's class frequencies) or 'uniform', got {prior!r}.")
     adapter = ClassificationAdapter(
         data, backbone, per_class=per_class, image_size=image_size, store=store, label_smoothing=label_smoothing,
-        augment=AugmentConfig(scale=tuple(crop_scale), randaugment=randaugment),
+        augment=AugmentConfig(scale=tuple(crop_scale), flip=bool(flip), randaugment=randaugment),
         lora={"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_targets": tuple(lora_targets)}, calibrate=calibrate, prior=prior,
     )
     return engine.train(config, adapter)

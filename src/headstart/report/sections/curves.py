@@ -83,7 +83,9 @@ def curves_section(run: RunFiles) -> Section | None:
             body += '<p class="note">Phases (column <code>' + esc(phase_column) + "</code>): " + "; ".join(
                 f"{esc(label)} from {log.x_name} {math.ceil(start):g}" for start, _, label in phases) + ".</p>"
         if marks:
-            body += f'<p class="note">The kept weights are those of {esc(log.x_name)} {best_epoch:g} (best validation metric).</p>'
+            rule = metrics.get("keep_rule") if isinstance(metrics.get("keep_rule"), dict) else {}
+            how = f"the {rule['rule']}" if rule.get("rule") else "best validation metric"
+            body += f'<p class="note">The kept weights are those of {esc(log.x_name)} {best_epoch:g} ({esc(how)}).</p>'
         last = csv_numbers(log.rows[-1])
         body += kv_table([(k, v) for k, v in last.items() if k], caption=f"last row of {log.name}")
     return Section("curves", "Training curves", body)
