@@ -158,6 +158,39 @@ def with_index(text: str) -> str:
     return index(body) + ("\n" + body if body else "")
 
 
+def provenance_problems(text: str, folder: Path = RESULTS.parent) -> list[str]:
+    """What is wrong with the provenance of a RESULTS.md text (empty when nothing is).
+
+    Every ``## `` section must name a script in ``folder`` that exists and writes it (its source holds
+    the section's heading line and calls ``write_section`` or ``write_subsection``), and record the
+    machine's cores and load average; the top must be the current :func:`index`.
+    """
+    problems = []
+    for heading, body in sections(text):
+        names = scripts_of(body)
+        if not names:
+            problems.append(f"{heading!r} names no benchmarks/*.py script")
+            continue
+        missing = [name for name in names if not (folder / name).is_file()]
+        if missing:
+            problems.append(f"{heading!r} names {', '.join(missing)}, not in {folder}")
+            continue
+        writers = [name for name in names if _writes(folder / name, heading)]
+        if not writers:
+            problems.append(f"{heading!r}: none of {', '.join(names)} writes this heading with write_section/write_subsection")
+        lowered = body.lower()
+        if "cores" not in lowered or "load average" not in lowered:
+            problems.append(f"{heading!r} does not record the machine's cores and load average")
+    if with_index(text) != text:
+        problems.append("the index at the top is stale: run .venv/bin/python benchmarks/_results.py")
+    return problems
+
+
+def _writes(script: Path, heading: str) -> bool:
+    source = script.read_text()
+    return heading in source and ("write_section" in source or "write_subsection" in source)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Rewrite the index at the top of RESULTS.md (or of the file given) and leave the sections alone."""
     path = Path(argv[0]) if argv else RESULTS

@@ -14,19 +14,24 @@ resized to ImageNet-like sizes around 500x375), then, for each model at 224 px w
   batched resize, bf16, channels_last, automatic batch size), optionally with ``--compile``;
 * the compute-only ceiling: the model on a synthetic batch in bf16 + channels_last.
 
-It prints images/s, the ratio to the recipe and the fraction of the ceiling, as Markdown.
+It prints images/s, the ratio to the recipe and the fraction of the ceiling, as Markdown; ``--write``
+also writes "## GPU extraction" in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _results import load, machine, write_section
+
+SECTION = "## GPU extraction (`benchmarks/gpu_extract.py`)"
 
 
 def build_corpus(folder: Path, n: int, seed: int = 0) -> Path:
@@ -105,29 +110,54 @@ def main() -> None:
     parser.add_argument("--models", default="resnet50,efficientnet_b0,vit_b_16")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--recipe-n", type=int, default=1024, help="images timed for the (slow) recipe")
+    parser.add_argument("--write", action="store_true", help="write the section in benchmarks/RESULTS.md")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu_extract.py needs a CUDA GPU.")
     device = torch.device("cuda")
     from headstart import load_backbone
 
+    load_before = load()
+    command = " ".join(["python benchmarks/gpu_extract.py", *(arg for arg in sys.argv[1:] if arg != "--write")])
+    lines = [
+        SECTION,
+        "",
+        f"Written by `benchmarks/gpu_extract.py --write`; this run: `{command}`. Images/s from JPEG files to features "
+        f"at 224 px (random weights): the recipe on {args.recipe_n:,} JPEGs, headstart `extract` on {args.n:,}, and the "
+        "model alone on a synthetic batch (bf16, channels_last).",
+        "",
+        f"| model | recipe img/s | headstart img/s | x recipe | ceiling img/s | of ceiling |{' compile img/s |' if args.compile else ''}",
+        f"|---|---|---|---|---|---|{'---|' if args.compile else ''}",
+    ]
+    print("\n".join(lines[-2:]))
     with tempfile.TemporaryDirectory() as tmp:
         corpus = build_corpus(Path(tmp) / "corpus", args.n)
         small = build_corpus(Path(tmp) / "recipe", args.recipe_n)
-        print(f"| model | recipe img/s | headstart img/s | x recipe | ceiling img/s | of ceiling |{' compile img/s |' if args.compile else ''}")
-        print(f"|---|---|---|---|---|---|{'---|' if args.compile else ''}")
         for model in args.models.split(","):
             name = f"tv:{model}@random"
             base = recipe(model, small, device)
-            rate, skipped = headstart_rate(name, corpus, Path(tmp) / f"store-{model}", False)
+            rate, _ = headstart_rate(name, corpus, Path(tmp) / f"store-{model}", False)
             top = ceiling(load_backbone(name), device)
             row = f"| {model} | {base:,.0f} | {rate:,.0f} | {rate / base:.1f}x | {top:,.0f} | {rate / top:.0%} |"
             if args.compile:
                 compiled, _ = headstart_rate(name, corpus, Path(tmp) / f"store-{model}-compiled", True)
                 row += f" {compiled:,.0f} |"
             print(row, flush=True)
-        print(f"\n{torch.cuda.get_device_name(0)}, torch {torch.__version__}, {args.n} JPEGs, {os.cpu_count()} CPU cores")
-
+            lines.append(row)
+    lines += [
+        "",
+        f"- GPU: {torch.cuda.get_device_name(0)}",
+        f"- machine: {machine()}",
+        f"- load average (1/5/15 min) before: {load_before}; after: {load()}",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+    ]
+    block = "\n".join(lines)
+    print()
+    print(block)
+    if args.write:
+        write_section(block)
+        print(f"wrote {SECTION} in benchmarks/RESULTS.md")
 
 if __name__ == "__main__":
     main()
