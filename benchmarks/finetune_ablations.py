@@ -123,7 +123,7 @@ def run(args) -> str:
     ]
     for name, epochs, probe_accuracy, first_loss, best, accuracy, wall, cpu, _ in rows:
         kept = "probe (-1)" if best < 0 else str(best)
-        lines.append(f"| {name} | {epochs} | {probe_accuracy:.3f} | {first_loss:.2f} | {kept} | **{accuracy:.3f}** | {wall:.0f} | {cpu:.0f} |")
+        lines.append(f"| {name} | {epochs} | {probe_accuracy:.3f} | {first_loss:.2f} | {kept} | {accuracy:.3f} | {wall:.0f} | {cpu:.0f} |")
     lines += [
         "",
         "Kept epoch counts from 0; -1 is the probe's head before any fine-tuning.",
