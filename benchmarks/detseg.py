@@ -141,6 +141,7 @@ def _summary(result, threads: int) -> dict:
         "cpu_seconds": round(result.cpu_seconds, 1),
         "wall_seconds": round(result.seconds, 1),
         "threads": threads,
+        "load_average": load(),
     }
 
 
@@ -176,7 +177,10 @@ def _report(rows: dict, args) -> str:
         _reading(rows, args),
         "",
         f"- machine: {machine()}",
-        f"- load average (1/5/15 min) when the report was written: before {args.load_before}; after {load()}",
+        "- load average (1/5/15 min) at the end of each run: " + "; ".join(
+            f"{task} {'ImageNet' if name == BACKBONES[0] else 'random'} {rows[name][task].get('load_average', '-')}"
+            for name in BACKBONES for task in ("detection", "segmentation")
+        ) + f"; when this report was written: {load()}",
         "",
     ]
     return "\n".join(lines)
@@ -192,7 +196,7 @@ def _kept(row: dict, planned: int) -> str:
     best = row.get("best_epoch")
     if best is None or best < 0:
         return "no fine-tuned epoch (the start was kept)"
-    last = " (the last one run: it was still improving)" if best == len(curve) - 1 else ""
+    last = " (the last one run: validation was still rising)" if best == len(curve) - 1 else ""
     return f"epoch {best + 1} of {row['epochs_run']} run ({planned} planned){last}"
 
 
