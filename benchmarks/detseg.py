@@ -34,12 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _results import load, machine, write_section
+from _results import cores, cpu_model, load, write_section
 
 os.environ.setdefault("HEADSTART_OFFLINE", "1")
 
@@ -176,7 +177,7 @@ def _report(rows: dict, args) -> str:
         "",
         _reading(rows, args),
         "",
-        f"- machine: {machine()}",
+        f"- machine: {cpu_model()}, {cores()} cores, torch {torch.__version__}, Python {platform.python_version()}",
         "- load average (1/5/15 min) at the end of each run: " + "; ".join(
             f"{task} {'ImageNet' if name == BACKBONES[0] else 'random'} {rows[name][task].get('load_average', '-')}"
             for name in BACKBONES for task in ("detection", "segmentation")
@@ -196,8 +197,9 @@ def _kept(row: dict, planned: int) -> str:
     best = row.get("best_epoch")
     if best is None or best < 0:
         return "no fine-tuned epoch (the start was kept)"
-    last = " (the last one run: validation was still rising)" if best == len(curve) - 1 else ""
-    return f"epoch {best + 1} of {row['epochs_run']} run ({planned} planned){last}"
+    last = " (the last; validation still rising)" if best == len(curve) - 1 else ""
+    planned = "" if row["epochs_run"] == planned else f" run ({planned} planned)"
+    return f"epoch {best + 1} of {row['epochs_run']}{planned}{last}"
 
 
 def _reading(rows: dict, args) -> str:
@@ -238,8 +240,9 @@ def _reading(rows: dict, args) -> str:
             f"{max(obj_rand, default=float('nan')):.2f}, mean {np.mean(obj_rand) if obj_rand else float('nan'):.3f})."
         )
     sentences.append(
-        f"Kept by validation: detection, {_kept(det_pre, args.det_epochs)} for ImageNet and {_kept(det_rand, args.det_epochs)} "
-        f"from random init; segmentation, {_kept(seg_pre, args.seg_epochs)} and {_kept(seg_rand, args.seg_epochs)}."
+        f"Kept by validation (counted from 1): detection, {_kept(det_pre, args.det_epochs)} for ImageNet and "
+        f"{_kept(det_rand, args.det_epochs)} from random init; segmentation, {_kept(seg_pre, args.seg_epochs)} for ImageNet and "
+        f"{_kept(seg_rand, args.seg_epochs)} from random init."
     )
     cpu = [rows[name][task]["cpu_seconds"] for name in BACKBONES for task in ("detection", "segmentation")]
     wall = [rows[name][task]["wall_seconds"] for name in BACKBONES for task in ("detection", "segmentation")]
