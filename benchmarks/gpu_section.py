@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-HEADING = "## GPU extraction (`benchmarks/gpu_extract.py`)"
+HEADING = "## GPU extraction (`benchmarks/gpu_section.py`, from `benchmarks/gpu_extract.py` runs)"
 COMMAND = "bash benchmarks/gpu_run.sh"
 
 
@@ -34,7 +34,8 @@ def pending() -> str:
         "so far, so there are no GPU numbers: not the end-to-end images/s of ResNet-50 from JPEG files to committed "
         "features (goals: at least 6,000 eager and 10,000 with `--compile` on one H100), not the compute-only ceiling, "
         "and not the GPU tests (`pytest -m gpu`: GPU features against CPU features within bf16 tolerance, and the "
-        "batched resize on the GPU against the CPU), which skip with that reason on a CPU.",
+        "batched resize on the GPU against the CPU), which skip with that reason on a CPU. No machine line: nothing "
+        "ran, so there are no cores, card or load average to record.",
         "",
         "What is ready, and checked on the CPU as far as a CPU can: the tensor decode path (its CPU decode and both "
         "resizes; nvJPEG and bf16 only run on a GPU), the batched `roi_align` resize that is its default on a GPU (its "

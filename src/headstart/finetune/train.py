@@ -81,8 +81,8 @@ def finetune(
         max_grad_norm: Clip the gradient norm to this; None turns clipping off.
         ema_decay: Validate, keep and save an exponential moving average of the weights, with this
             decay per optimizer step (0.99 averages over about 100 steps); None or 0 turns it off. It
-            smooths AdamW's noisy first steps (a 2-epoch LP-FT on Animal-MNIST: 0.850 test accuracy
-            without, 0.900 with 0.99), but lags behind in longer runs (5 epochs: 0.912 with, 0.934 without).
+            smooths AdamW's noisy first steps but lags behind in longer runs (measured in section
+            "Fine-tuning: BatchNorm and EMA" of benchmarks/RESULTS.md).
         patience: Stop after this many epochs without a better validation accuracy; None never stops early.
         keep_within: The kept-epoch rule: keep the latest epoch whose validation accuracy is within
             this many binomial standard errors of the best one (1.0 by default, chosen in
