@@ -99,7 +99,11 @@ def calibration_folds(y: np.ndarray, wanted: int, seed: int):
 
 
 def out_of_fold_scores(head_name: str, head: Any, X, y: np.ndarray, folds, scores: str) -> np.ndarray:
-    """Each row's scores (log-probabilities or vote shares) from a copy of ``head`` fitted without its fold."""
+    """Each row's scores (log-probabilities or vote shares) from a copy of ``head`` fitted without its fold.
+
+    The copies keep the hyper-parameters the head chose (the kNN probe's k, the linear probe's C)
+    instead of searching again on each fold.
+    """
     from sklearn.base import clone
 
     columns = np.asarray(head.classes_)
@@ -108,6 +112,8 @@ def out_of_fold_scores(head_name: str, head: Any, X, y: np.ndarray, folds, score
         model = clone(head)
         if head_name == "knn":
             model.set_params(n_neighbors=min(int(head.n_neighbors_), len(train)))  # the k the head chose, not a new search
+        elif head_name == "linear":
+            model.set_params(Cs=float(head.C_))  # the C the probe chose
         model.fit(X[train], y[train])
         proba = model.predict_proba(X[test])
         held[np.ix_(test, np.searchsorted(columns, model.classes_))] = proba
