@@ -82,7 +82,7 @@ def finetune(
             without, 0.900 with 0.99), but lags behind in longer runs (5 epochs: 0.912 with, 0.934 without).
         patience: Stop after this many epochs without a better validation accuracy; None never stops early.
         keep_within: The kept-epoch rule: keep the latest epoch whose validation accuracy is within
-            this many binomial standard errors of the best one (1.0 by default, chosen in
+            this many binomial standard errors of the best one (1.0 by default; measured in
             ``benchmarks/finetune_curves.py``); 0 keeps the epoch with the best validation accuracy.
         val_fraction: Share of each class held out for validation when the data has no ``val`` split.
         crop_scale: Area range of the random resized crop.
