@@ -17,6 +17,7 @@ ratios and the machine.
 Usage:
     .venv/bin/python benchmarks/extract.py
     .venv/bin/python benchmarks/extract.py --n 1000 --warmup --repeats 2
+    .venv/bin/python benchmarks/extract.py --n 1000 --warmup --repeats 2 --write  # also writes its RESULTS.md section
     .venv/bin/python benchmarks/extract.py --n 200 --workers 1     # quick look; headstart's worker count
     .venv/bin/python benchmarks/extract.py --n 300 --threads 1 --workers 0  # CPU work only, steadier on a busy machine
 """
@@ -39,6 +40,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 BACKBONE = "tv:mobilenet_v2.IMAGENET1K_V1"
 SIZES = [(500, 375), (375, 500), (500, 333), (500, 400)]
+SECTION = "## Feature extraction on the CPU (`benchmarks/extract.py`)"
 
 
 def source_photos() -> list[tuple[str, np.ndarray]]:
@@ -186,6 +188,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="headstart's DataLoader workers (default: its own choice)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both (default: torch's, one per core)")
     parser.add_argument("--data-dir", type=Path, default=None, help="corpus folder (default benchmarks/_data/jpegs-N)")
+    parser.add_argument("--write", action="store_true", help="write the section in benchmarks/RESULTS.md")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -225,27 +228,43 @@ def main() -> None:
         min(times) for times in (recipe_times, headstart_times, cached_times)
     )
     n = args.n
-    print()
-    print(f"Extraction of {n} JPEGs (about 500x375) with MobileNetV2 (ImageNet) at 224 px, CPU, fp32.")
-    print()
-    print("| pipeline | wall s | images/s | speed-up (wall) | CPU s, all processes | CPU ratio |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print(f"| recipe: ImageFolder + PIL, batch 32, no workers | {recipe_s:.2f} | {n / recipe_s:.1f} | 1.00x | {recipe_cpu:.1f} | 1.00x |")
-    print(
+    command = " ".join([".venv/bin/python benchmarks/extract.py", *(arg for arg in sys.argv[1:] if arg != "--write")])
+    lines = [
+        SECTION,
+        "",
+        f"Written by `benchmarks/extract.py --write`; this run: `{command}`.",
+        "",
+    ]
+    lines.append(f"Extraction of {n} JPEGs (about 500x375) with MobileNetV2 (ImageNet) at 224 px, CPU, fp32.")
+    lines.append("")
+    lines.append("| pipeline | wall s | images/s | speed-up (wall) | CPU s, all processes | CPU ratio |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    lines.append(f"| recipe: ImageFolder + PIL, batch 32, no workers | {recipe_s:.2f} | {n / recipe_s:.1f} | 1.00x | {recipe_cpu:.1f} | 1.00x |")
+    lines.append(
         f"| headstart `extract` (first call, computes and stores) | {headstart_s:.2f} | {n / headstart_s:.1f} | "
         f"{recipe_s / headstart_s:.2f}x | {headstart_cpu:.1f} | {recipe_cpu / headstart_cpu:.2f}x |"
     )
-    print(
+    lines.append(
         f"| headstart `extract` (second call, store hit) | {cached_s:.3f} | {n / cached_s:.0f} | "
         f"{recipe_s / cached_s:.0f}x | {cached_cpu:.2f} | {recipe_cpu / max(cached_cpu, 1e-9):.0f}x |"
     )
+    lines.append("")
+    lines.append(f"- headstart extraction vs the recipe: **{recipe_s / headstart_s:.2f}x** in wall time (goal: at least 1.5x on 2 cores); {recipe_cpu / headstart_cpu:.2f}x less CPU time")
+    lines.append(f"- cached re-read vs headstart extraction: **{headstart_s / cached_s:.0f}x** faster")
+    lines.append(f"- features agree: max |difference| {difference:.2e}, min cosine similarity {cosine.min():.6f}")
+    lines.append(f"- headstart DataLoader workers: {args.workers if args.workers is not None else 'default'}; repeats: {args.repeats} (fastest kept); warmup: {args.warmup}")
+    lines.append(f"- machine: {machine()}")
+    lines.append(f"- load average (1/5/15 min) before: {load_before}; after: {load_after}")
+    lines.append(f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    lines.append("")
+    block = "\n".join(lines)
     print()
-    print(f"- headstart extraction vs the recipe: **{recipe_s / headstart_s:.2f}x** in wall time (goal: at least 1.5x on 2 cores); {recipe_cpu / headstart_cpu:.2f}x less CPU time")
-    print(f"- cached re-read vs headstart extraction: **{headstart_s / cached_s:.0f}x** faster")
-    print(f"- features agree: max |difference| {difference:.2e}, min cosine similarity {cosine.min():.6f}")
-    print(f"- headstart DataLoader workers: {args.workers if args.workers is not None else 'default'}; repeats: {args.repeats} (fastest kept); warmup: {args.warmup}")
-    print(f"- machine: {machine()}")
-    print(f"- load average (1/5/15 min) before: {load_before}; after: {load_after}")
+    print(block)
+    if args.write:
+        from _results import write_section
+
+        write_section(block)
+        print(f"wrote {SECTION} in benchmarks/RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -20,20 +20,20 @@ Both sides run in one process, alternately, with the same number of threads (``-
 steadier of the two on a shared machine.
 
 Usage:
-    .venv/bin/python benchmarks/probe.py
+    .venv/bin/python benchmarks/probe.py            # prints the Markdown section
+    .venv/bin/python benchmarks/probe.py --write    # also writes "## LinearProbe speed" in benchmarks/RESULTS.md
     .venv/bin/python benchmarks/probe.py --seeds 10 --threads 2 --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _results import load, machine, write_section
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
@@ -47,6 +47,7 @@ from headstart.heads.linear import DEFAULT_CS
 
 BACKBONE = "tv:mobilenet_v2.IMAGENET1K_V1"
 STORE = Path(__file__).resolve().parent / "_data" / "store"
+SECTION = "## LinearProbe speed (`benchmarks/probe.py`)"
 
 
 def load_features(image_size: int, per_class: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -89,9 +90,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="LinearProbe's device: cpu, cuda or auto")
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--write", action="store_true", help="write the section in benchmarks/RESULTS.md")
     args = parser.parse_args()
 
     X_train, y_train, X_test, y_test = load_features(args.image_size, args.per_class)
+    load_before = load()
     print(f"features: {BACKBONE} at {args.image_size} px, train {X_train.shape}, test {X_test.shape}")
     targets = encode_targets(y_train, "LinearProbe")
 
@@ -137,24 +140,49 @@ def main() -> None:
     print()
     print(f"mean over {len(rows)} validation splits: accuracy difference {difference:+.2f} points, "
           f"{wall_ratio:.1f}x faster (wall), {cpu_ratio:.1f}x less CPU")
-    print()
     device = "CPU" if args.device == "cpu" else args.device
-    print(f"Linear probe, {len(rows)} validation splits (mean; per split: min-max accuracy). "
-          f"{BACKBONE} at {args.image_size} px on Animal-MNIST, {len(X_train)} train ({args.per_class} per "
-          f"class) / {len(X_test)} test; {args.threads} thread(s), {platform.machine()} with "
-          f"{os.cpu_count()} cores; LinearProbe on {device}.")
-    print()
-    print("| method | C values fitted | test accuracy | wall s | CPU s |")
-    print("|---|---|---|---|---|")
+    lines = [
+        SECTION,
+        "",
+        "Written by `benchmarks/probe.py --write`. `LinearProbe` beside a plain scikit-learn C search on the same "
+        "standardized features and the same stratified 20 % validation split, in one process, alternately "
+        f"(the protocol is in the script's docstring). {BACKBONE} features at {args.image_size} px of Animal-MNIST, "
+        f"{len(X_train):,} train ({args.per_class} per class) / {len(X_test):,} test; {len(rows)} validation splits "
+        f"(seeds 0-{len(rows) - 1}): mean, and min-max test accuracy over the splits; {args.threads} thread(s) for "
+        f"both sides; LinearProbe on the {device}.",
+        "",
+        "| method | C values fitted | test accuracy | wall s | CPU s |",
+        "|---|---|---|---|---|",
+    ]
     for name, prefix, fits in (
         ("LinearProbe (torch L-BFGS, warm start, early stop)", "probe", f"{mean('probe_fits'):.1f}"),
-        ("sklearn LogisticRegression(max_iter=1000) per C", "sk", "45"),
+        ("sklearn LogisticRegression(max_iter=1000) per C", "sk", str(len(DEFAULT_CS))),
     ):
         accuracies = [row[f"{prefix}_accuracy"] for row in rows]
-        print(f"| {name} | {fits} | {np.mean(accuracies):.4f} ({min(accuracies):.4f}-{max(accuracies):.4f}) | "
-              f"{mean(prefix + '_wall'):.2f} | {mean(prefix + '_cpu'):.2f} |")
-    print(f"| LinearProbe vs sklearn | | {difference:+.2f} points | {wall_ratio:.1f}x faster | {cpu_ratio:.1f}x less |")
-
+        lines.append(f"| {name} | {fits} | {np.mean(accuracies):.4f} ({min(accuracies):.4f}-{max(accuracies):.4f}) | "
+                     f"{mean(prefix + '_wall'):.2f} | {mean(prefix + '_cpu'):.2f} |")
+    lines += [
+        f"| LinearProbe vs sklearn | | {difference:+.2f} points | **{wall_ratio:.1f}x** faster | {cpu_ratio:.1f}x less |",
+        "",
+        "Per split (C chosen, test accuracy): "
+        + "; ".join(
+            f"seed {row['seed']}: LinearProbe C={row['probe_C']:.3g} {row['probe_accuracy']:.4f}, "
+            f"sklearn C={row['sk_C']:.3g} {row['sk_accuracy']:.4f}"
+            for row in rows
+        )
+        + ".",
+        "",
+        f"- machine: {machine()}",
+        f"- load average (1/5/15 min) before: {load_before}; after: {load()}",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+    ]
+    block = "\n".join(lines)
+    print()
+    print(block)
+    if args.write:
+        write_section(block)
+        print(f"wrote {SECTION} in benchmarks/RESULTS.md")
 
 if __name__ == "__main__":
     main()

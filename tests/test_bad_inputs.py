@@ -157,6 +157,8 @@ def inputs(tmp_path_factory) -> dict[str, Case]:
     cases["device cuda without a GPU"] = Case(["extract", ok, *TINY, "--device", "cuda"], 2, ["CUDA"])
     cases["device that does not exist"] = Case(["extract", ok, *TINY, "--device", "tpu"], 2, ["'auto', 'cpu' or 'cuda"])
     cases["unknown head"] = Case(["probe", ok, *TINY, "--head", "forest"], 2, ["linear"])
+    cases["probe unknown prior"] = Case(["probe", ok, *TINY, "--prior", "balanced"], 2, ["--prior", "uniform"])
+    cases["finetune unknown prior"] = Case(["finetune", ok, *TINY, "--prior", "natural"], 2, ["--prior", "uniform"])
     cases["finetune epochs 0"] = Case(["finetune", ok, *TINY, "--epochs", "0"], 2, ["--epochs"])
     cases["finetune negative lr"] = Case(["finetune", ok, *TINY, "--lr", "-1"], 2, ["--lr"])
     cases["finetune unknown strategy"] = Case(["finetune", ok, *TINY, "--strategy", "everything"], 2, ["lp-ft"])
@@ -261,7 +263,7 @@ CASE_NAMES = [
     "image: gray", "image: rgba", "image: palette", "image: cmyk", "image: 16-bit", "image: 1x1", "image: exif-rotated",
     "image: truncated", "image: not-an-image", "image: bomb", "class names that look like markup",
     "image size 0", "image size 100000", "per class 0", "unknown pooling", "layer that does not exist", "batch size 0",
-    "device cuda without a GPU", "device that does not exist", "unknown head", "finetune epochs 0", "finetune negative lr",
+    "device cuda without a GPU", "device that does not exist", "unknown head", "probe unknown prior", "finetune unknown prior", "finetune epochs 0", "finetune negative lr",
     "finetune unknown strategy", "finetune missing policy file", "finetune malformed policy", "rank unknown score",
     "rank without candidates", "unknown backbone", "file backbone that does not exist",
     "pickled file backbone with code in it", "file backbone without its sidecar", "text backbone on images",

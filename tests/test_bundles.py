@@ -97,6 +97,8 @@ def test_legacy_classification_bundle_without_kind_loads(classifier, tmp_path):
         (folder / "bundle.json").write_text(json.dumps(document))
         for loaded in (load_bundle(folder), Bundle.load(folder)):
             assert type(loaded) is Bundle and loaded.kind == "classification" and loaded.metrics == {"accuracy": 0.5}
+            # Saved before calibration existed: temperature 1, no prior shift, the head's own probabilities.
+            assert loaded.calibration.temperature == 1.0 and loaded.calibration.log_prior_shift is None and loaded.calibration.is_identity
             np.testing.assert_allclose(loaded.predict_proba(_images()), classifier.predict_proba(_images()), atol=1e-6)
 
 
@@ -185,6 +187,10 @@ _DROP = object()
         ("head", {"kind": "no-such-head"}, "does not fit the 'head' field"),
         ("classes", None, "'classes' field is a null, not a list"),
         ("format", "1", "'format' field is a str"),
+        ("calibration", [1.5], "'calibration' field is a list, not a dict"),
+        ("calibration", {"temperature": -1.0}, "'calibration' field is not valid"),
+        ("calibration", {"temperature": 2.0, "log_prior_shift": [0.1, -0.1, 0.0]}, "3 entries for 2 classes"),
+        ("calibration", {"scores": "logits"}, "'calibration' field is not valid"),
     ],
 )
 def test_a_damaged_classification_bundle_json_names_the_field(classifier, tmp_path, field, value, words):

@@ -449,7 +449,8 @@ def test_tensor_decode_skips_the_same_files(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
-def test_tensor_decode_resize_matches_the_pil_path(tmp_path):
+@pytest.mark.parametrize(("method", "worst"), [("interpolate", 4.0), ("roi_align", 8.0)])
+def test_tensor_decode_resize_matches_the_pil_path(tmp_path, method, worst):
     from skimage import data as skdata
 
     from headstart.features.fastpath import decode_batch, resize_crop_normalize
@@ -461,8 +462,9 @@ def test_tensor_decode_resize_matches_the_pil_path(tmp_path):
     blob = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
     images, reasons = decode_batch([blob], torch.device("cpu"))
     assert reasons == [""]
-    tensor = resize_crop_normalize(images, spec)[0]
+    tensor = resize_crop_normalize(images, spec, method)[0]
     pixels = ((tensor - pil) * torch.tensor(spec.std).view(3, 1, 1) * 255).abs()
-    # Same decoder output and the same antialiased filter: only rounding to uint8 may differ.
+    # interpolate: the same decoder output and the same antialiased filter, so only rounding to uint8
+    # differs. roi_align (1.17x shrink: 2 x 2 bilinear samples per pixel) approximates that filter.
     assert pixels.mean() < 1.0, f"mean difference {pixels.mean():.2f}/255"
-    assert pixels.max() < 4.0, f"max difference {pixels.max():.1f}/255"
+    assert pixels.max() < worst, f"max difference {pixels.max():.1f}/255"

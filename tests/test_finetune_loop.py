@@ -128,9 +128,11 @@ def test_bundle_predicts_like_the_model_and_run_files_are_written(data, tmp_path
     images = data.items[test_rows]
     bundle = Bundle.load(out / "bundle")
     assert bundle.finetuned
+    temperature = bundle.calibration.temperature
+    assert temperature == result.calibration["temperature"] != 1.0  # fitted on the validation split, saved, loaded
     with torch.no_grad():
         x = preprocess_array_batch(images, result.bundle.spec)
-        expected = torch.softmax(result.model(x).double(), dim=1).numpy()
+        expected = torch.softmax(result.model(x).double() / temperature, dim=1).numpy()
     np.testing.assert_allclose(bundle.predict_proba(list(images)), expected, atol=1e-5)
     assert bundle.predict(list(images[:3])) == [data.classes[i] for i in expected[:3].argmax(1)]
     # logs, checkpoints and the policy

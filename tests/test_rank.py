@@ -199,6 +199,21 @@ def test_finish_sorts_ranks_and_marks_fronts():
     assert rows[-1].combined is None and not rows[-1].pareto
 
 
+def test_vs_first_is_the_paired_leave_one_out_gap_with_its_error():
+    rows = [_row("a", 0.9, 10, 100.0), _row("b", 0.5, 10, 100.0), _row("c", 0.1, 10, 100.0), _row("d", 0.05, 10, 100.0)]
+    first = np.array([1] * 90 + [0] * 10, dtype=bool)
+    rows[0].ridge_correct = first
+    rows[1].ridge_correct = np.roll(first, 3)  # the same accuracy on other samples: gap 0, close
+    rows[2].ridge_correct = np.array([1] * 50 + [0] * 50, dtype=bool)  # 40 points behind: far
+    finish_ranking(rows, Combination(("logme",)))
+    assert rows[0].vs_first is None and rows[3].vs_first is None  # the first, and a row without ridge
+    assert rows[1].vs_first["points"] == 0.0 and rows[1].vs_first["close"]
+    difference = first.astype(float) - rows[2].ridge_correct
+    assert rows[2].vs_first["points"] == pytest.approx(40.0)
+    assert rows[2].vs_first["error"] == pytest.approx(100 * difference.std(ddof=1) / 10, abs=0.01)
+    assert not rows[2].vs_first["close"]
+
+
 # ----- probes ------------------------------------------------------------------------------------------
 
 
@@ -419,6 +434,7 @@ def test_cli_rank_json_and_out(blobs, tmp_path):
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["rows"][0]["backbone"] == blobs["grid"]
+    assert document["rows"][0]["vs_first"] is None and document["rows"][1]["vs_first"] is None  # ridge not computed
     assert document["combination"] == {"method": "zscore", "scores": ["logme", "knn"], "description": "mean of z-scores of logme, knn"}
     assert all(row["cost"] is None for row in document["rows"])  # --no-cost
     assert (out / "rank.json").is_file() and (out / "rank.csv").is_file()
@@ -497,3 +513,19 @@ def test_a_misspelt_tfidf_or_prefix_fails_before_any_candidate_is_ranked(blobs, 
         rank_backbones([blobs["grid"], "sk:tfdif"], blobs["data"], sample=30, cost=False, store=blobs["store"], quiet=True)
     with pytest.raises(UnknownBackboneError, match="no known source prefix"):
         rank_backbones([blobs["grid"], "tvv:mobilenet_v2"], blobs["data"], sample=30, cost=False, store=blobs["store"], quiet=True)
+
+
+def test_cli_rank_says_how_far_behind_the_first_each_candidate_is(blobs, tmp_path):
+    from headstart.cli import app
+
+    images, labels = blob_images(n_per_class=12)
+    np.savez(tmp_path / "blobs.npz", x=images, y=labels)
+    result = CliRunner().invoke(app, [
+        "rank", str(tmp_path / "blobs.npz"), "--candidates", f"{blobs['grid']},{blobs['noise']}", "--sample", "36", "--no-cost",
+        "--cache-dir", str(tmp_path / "store"), "--allow-torchscript",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "vs #1" in result.stdout and "± one paired standard error" in result.stdout
+    noise_line = next(line for line in result.stdout.splitlines() if "noise" in line and "│" in line)
+    assert "±" in noise_line and " ~" not in noise_line  # pure noise is clearly behind the informative grid
+    assert "every other candidate is clearly behind" in result.stdout

@@ -543,3 +543,64 @@ def test_compute_scores_rejects_unknown_names_and_bad_inputs_up_front():
         compute_scores(features, labels, names=["logme", "hscor"])
     with pytest.raises(DataError, match=r"at least 2 distinct classes"):
         compute_scores(features, np.zeros(60))
+
+
+# ----- ridge: closed-form leave-one-out ridge accuracy ---------------------------------------------
+
+
+def _brute_force_loo(X: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """Refit ridge (with an unpenalised intercept) without each sample in turn; True where it predicts it right."""
+    classes = np.unique(y)
+    correct = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        mean = X[keep].mean(axis=0)
+        Y = (y[keep, None] == classes[None, :]).astype(float)
+        W = np.linalg.solve((X[keep] - mean).T @ (X[keep] - mean) + lam * np.eye(X.shape[1]), (X[keep] - mean).T @ (Y - Y.mean(axis=0)))
+        correct.append(classes[np.argmax((X[i] - mean) @ W + Y.mean(axis=0))] == y[i])
+    return np.array(correct)
+
+
+@pytest.mark.parametrize(("n_samples", "n_features"), [(40, 10), (30, 80)])
+def test_ridge_leave_one_out_equals_refitting_without_each_sample(n_samples, n_features):
+    from headstart.select.scores import ridge_loo
+
+    rng = np.random.default_rng(n_samples)
+    y = rng.integers(0, 3, n_samples)
+    X = rng.normal(size=(n_samples, n_features))
+    X[:, 0] += 1.5 * y
+    result = ridge_loo(X, y)
+    centered = X - X.mean(axis=0)
+    gram = centered @ centered.T if n_samples <= n_features else centered.T @ centered
+    eigenvalues = np.linalg.eigvalsh(gram)
+    eigenvalues = eigenvalues[eigenvalues > eigenvalues.max() * max(X.shape) * np.finfo(float).eps]
+    expected = _brute_force_loo(X, y, result.alpha * eigenvalues.mean())
+    assert np.array_equal(result.correct, expected)
+    assert result.accuracy == pytest.approx(expected.mean())
+
+
+def test_ridge_does_not_depend_on_the_features_scale_or_label_names():
+    from headstart.select.scores import ridge
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 80)
+    X = rng.normal(size=(80, 20)) + y[:, None] * 0.4
+    assert ridge(X, y) == pytest.approx(ridge(1000.0 * X + 7.0, np.array(["a", "b", "c", "d"])[y]))
+
+
+def test_ridge_prefers_features_that_carry_the_labels():
+    from headstart.select.scores import ridge
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 120)
+    noise = rng.normal(size=(120, 30))
+    informative = noise.copy()
+    informative[:, :3] += 2.0 * np.eye(3)[y]
+    assert ridge(informative, y) > ridge(noise, y) + 0.3
+
+
+def test_ridge_of_constant_features_is_undefined():
+    from headstart.select.scores import ScoreUndefined, ridge
+
+    with pytest.raises(ScoreUndefined, match="constant"):
+        ridge(np.ones((20, 5)), np.arange(20) % 2)

@@ -489,7 +489,9 @@ def test_probe_bundle_and_predict_on_text(tiny_bert, tmp_path):
     assert results[1].error == "empty text" and results[1].label is None
     assert results[0].label in ("negative", "positive") and results[0].input == "i love this"
     X, _, _ = encode_texts(load_backbone(f"hf:{tiny_bert}"), ["i love this", "i hate this"])
-    np.testing.assert_allclose(bundle.predict_proba(["i love this", "i hate this"]), bundle.head.predict_proba(X), atol=1e-6)
+    # the bundle's probabilities are its head's, through its calibration (a kNN head's fitted temperature)
+    expected = bundle.calibration.apply(bundle.head.predict_proba(X))
+    np.testing.assert_allclose(bundle.predict_proba(["i love this", "i hate this"]), expected, atol=1e-6)
 
 
 def test_multilabel_text_probe(tiny_bert):
@@ -857,12 +859,14 @@ def _keyword_dataset(n_per_class: int = 20) -> Dataset:
 def test_rank_text_encoders_beside_the_tfidf_baseline(tiny_bert):
     from headstart.workflows.rank import rank_backbones
 
-    # Default scores (LEEP and kNN); a baseline among the candidates adds the linear probe to them and to the combination.
+    # Default scores; a baseline among the candidates adds the linear probe to them and to the combination.
+    from headstart.select.combine import DEFAULT_SCORES
+
     table = rank_backbones([f"hf:{tiny_bert}@random", "sk:tfidf"], _keyword_dataset(), sample=40, layers=["pooled", "hidden.1"], quiet=True)
     by_name = {row.candidate: row for row in table.rows}
     assert set(by_name) == {f"hf:{tiny_bert}@random", f"hf:{tiny_bert}@random#hidden.1", "sk:tfidf"}  # one baseline row, no @size
     baseline = by_name["sk:tfidf"]
-    assert set(baseline.scores) == {"leep", "knn", "linear"}
+    assert set(baseline.scores) == {*DEFAULT_SCORES, "linear"}
     assert baseline.scores["linear"] >= 0.9 and baseline.scores["leep"] is None and baseline.scores["knn"] is None
     assert "no fixed feature space" in baseline.undefined["knn"]
     assert baseline.feature_dim > 10 and baseline.image_size is None and "no network" in baseline.cost_error

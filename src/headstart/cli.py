@@ -17,12 +17,14 @@ import typer
 from headstart.commands.common import (
     AllowTorchScript,
     CacheDir,
+    Calibrate,
     Encoding,
     ImageSize,
     Json,
     LabelColumn,
     Out,
     PerClass,
+    Prior,
     Quiet,
     Seed,
     TextColumn,
@@ -130,6 +132,8 @@ def probe_cmd(
     layer: Annotated[Optional[str], typer.Option("--layer", help="Layer to probe (default: pooled penultimate).")] = None,
     pool: Annotated[str, typer.Option("--pool", help="avg, max, avgmax, token or none.")] = "avg",
     per_class: PerClass = None,
+    prior: Prior = "data",
+    calibrate: Calibrate = True,
     image_size: ImageSize = None,
     seed: Seed = 0,
     out: Out = None,
@@ -142,15 +146,19 @@ def probe_cmd(
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Extract (or reuse) features, fit heads, evaluate on the test split, and write bundles."""
+    """Extract (or reuse) features, fit heads, calibrate them, evaluate on the test split, and write bundles."""
     from headstart.data import load_data
+    from headstart.workflows.calibration import check_calibration_options
     from headstart.workflows.probe import print_probe_table, probe
+
+    check_calibration_options(prior)
 
     dataset = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column, encoding=encoding)
     out = out or Path("runs") / f"probe-{time.strftime('%Y%m%d-%H%M%S')}"
     report = probe(
         dataset, backbone, head, layer=layer, pool=pool, image_size=image_size, seed=seed, out=out,
         store=store_from(cache_dir), quiet=quiet or json_out, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript,
+        prior=prior, calibrate=calibrate,
     )
     from headstart.console import err_console
 

@@ -4,8 +4,9 @@
 
     bundle/
       bundle.json          kind ("classification"), backbone spec (with sha256), layer, pooling,
-                           classes, head metadata, metrics and a manifest (package versions, seed,
-                           data fingerprint, store key)
+                           classes, head metadata, calibration (temperature and log prior shift;
+                           a bundle without it predicts uncalibrated), metrics and a manifest
+                           (package versions, seed, data fingerprint, store key)
       head.safetensors     the head's arrays
       backbone.safetensors only for fine-tuned bundles: the backbone's own weights
       adapter.safetensors  only for LoRA fine-tuned bundles: the adapter weights alone (the backbone's
@@ -44,13 +45,15 @@ from headstart.bundles.base import (
     require_fields,
 )
 from headstart.errors import DataError, WeightsMismatchError
+from headstart.evaluate.calibration import Calibration
 from headstart.io import atomic_write_bytes, atomic_write_json
 from headstart.versions import package_versions
 
 KIND = "classification"
 # The fields every classification bundle.json holds (every version has written them), and their types.
 REQUIRED = {"backbone": dict, "classes": list, "head": dict, "finetuned_backbone_sha256": (str, type(None))}
-OPTIONAL = {"adapter": (dict, type(None)), "layer": str, "pool": str, "metrics": dict, "manifest": dict, "modality": str}
+OPTIONAL = {"adapter": (dict, type(None)), "layer": str, "pool": str, "metrics": dict, "manifest": dict, "modality": str,
+            "calibration": (dict, type(None))}
 
 
 @dataclass
@@ -85,6 +88,8 @@ class Bundle:
             backbone loads (``--trust-remote-code``).
         allow_torchscript: Let a ``file:`` TorchScript backbone load when the backbone loads
             (``--allow-torchscript``; it runs the code it holds).
+        calibration: The temperature and class-prior correction applied to the head's probabilities
+            (:class:`~headstart.evaluate.calibration.Calibration`); None predicts with the head's own.
     """
 
     kind = KIND
@@ -102,6 +107,7 @@ class Bundle:
         finetuned: bool = False,
         trust_remote_code: bool = False,
         allow_torchscript: bool = False,
+        calibration: Calibration | None = None,
     ) -> None:
         self.spec = spec
         self.head = head
@@ -114,6 +120,7 @@ class Bundle:
         self.finetuned = finetuned
         self.trust_remote_code = trust_remote_code
         self.allow_torchscript = allow_torchscript
+        self.calibration = calibration or Calibration()
         self.path: Path | None = None
         self._finetuned_sha: str | None = None
         self._adapter: dict[str, Any] | None = None
@@ -156,6 +163,7 @@ class Bundle:
             "pool": self.pool,
             "classes": self.classes,
             "head": head_meta,
+            "calibration": self.calibration.to_dict(),
             "metrics": self.metrics,
             "manifest": {"versions": package_versions(), "saved": time.time(), **self.manifest},
         }
@@ -215,6 +223,7 @@ class Bundle:
             head = head_from_state(arrays, document["head"])
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise DataError(f"{head_file} does not fit the 'head' field of bundle.json ({one_line(exc)}); {DAMAGED}.") from None
+        calibration = read_calibration(document, path, head)
         bundle = cls(
             spec=spec,
             head=head,
@@ -226,6 +235,7 @@ class Bundle:
             finetuned=bool(document["finetuned_backbone_sha256"]),
             trust_remote_code=trust_remote_code,
             allow_torchscript=allow_torchscript,
+            calibration=calibration,
         )
         bundle.path = path
         bundle._finetuned_sha = document["finetuned_backbone_sha256"]
@@ -334,7 +344,10 @@ class Bundle:
         return X, ok, failed
 
     def predict_proba(self, inputs: list) -> np.ndarray:
-        """Class probabilities (N, C) for image paths, PIL images or arrays.
+        """Class probabilities (N, C) for image paths, PIL images or arrays (or texts), calibrated.
+
+        The head's probabilities go through the bundle's calibration: ``softmax(scores / T + shift)``,
+        a fitted temperature and the class-prior correction (identity for a bundle without them).
 
         Raises:
             DataError: An input could not be read (the message names each one).
@@ -343,7 +356,7 @@ class Bundle:
         if failed:
             details = "; ".join(f"{describe(inputs[i])}: {reason}" for i, reason in failed)
             raise DataError(f"{len(failed)} input(s) could not be read: {details}")
-        return self.head.predict_proba(X)
+        return self.calibration.apply(self.head.predict_proba(X))
 
     def predict(self, inputs: list) -> list[str]:
         """Predicted class names for the inputs."""
@@ -360,7 +373,7 @@ class Bundle:
         X, ok, failed = self.features(inputs)
         results: list[Prediction | None] = [None] * len(inputs)
         if len(X):
-            proba = self.head.predict_proba(X)
+            proba = self.calibration.apply(self.head.predict_proba(X))
             names = self.column_names()
             k = max(1, min(top_k, proba.shape[1]))
             for row, position in enumerate(ok):
@@ -373,4 +386,20 @@ class Bundle:
         return results  # type: ignore[return-value]
 
 
-__all__ = ["Bundle", "Prediction"]
+def read_calibration(document: dict[str, Any], path: Path, head: Any) -> Calibration:
+    """The ``calibration`` field of a bundle.json (absent in bundles saved before it existed: ``T = 1``, no shift).
+
+    Raises:
+        DataError: The field is malformed, or its prior shift does not have one entry per probability column.
+    """
+    try:
+        calibration = Calibration.from_dict(document.get("calibration"))
+        columns = len(getattr(head, "classes_", ()))
+        if calibration.has_shift and len(calibration.log_prior_shift) != columns:
+            raise ValueError(f"log_prior_shift has {len(calibration.log_prior_shift)} entries for {columns} classes")
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{Path(path) / 'bundle.json'}: the 'calibration' field is not valid ({one_line(exc)}); {DAMAGED}.") from None
+    return calibration
+
+
+__all__ = ["Bundle", "Prediction", "read_calibration"]

@@ -28,8 +28,9 @@ import numpy as np
 
 from headstart.backbones.spec import BackboneSpec
 from headstart.bundles.base import BUNDLE_FORMAT, check_format, describe, read_document, register_kind
-from headstart.bundles.classifier import Prediction
+from headstart.bundles.classifier import Prediction, read_calibration
 from headstart.errors import DataError, WeightsMismatchError
+from headstart.evaluate.calibration import Calibration
 from headstart.heads.tfidf import CANDIDATE, FittedTfidf, TfidfLogReg
 from headstart.io import atomic_write_bytes, atomic_write_json
 from headstart.versions import package_versions
@@ -55,6 +56,8 @@ class TfidfBundle:
         classes: Class names; the model's ``classes_`` index into them.
         metrics: Evaluation results to keep with the model.
         manifest: Provenance: seed, data fingerprint, data source.
+        calibration: The class-prior correction (and temperature) applied to the model's probabilities;
+            None predicts with the model's own.
     """
 
     kind = KIND
@@ -63,8 +66,9 @@ class TfidfBundle:
     finetuned = False
 
     def __init__(self, model: TfidfLogReg | FittedTfidf, classes: list[str], metrics: dict[str, Any] | None = None,
-                 manifest: dict[str, Any] | None = None) -> None:
+                 manifest: dict[str, Any] | None = None, calibration: Calibration | None = None) -> None:
         self.model = model.fitted() if isinstance(model, TfidfLogReg) else model
+        self.calibration = calibration or Calibration()
         self.classes = list(classes)
         self.metrics = metrics or {}
         self.manifest = manifest or {}
@@ -122,6 +126,7 @@ class TfidfBundle:
             "classes": self.classes,
             "head": head,
             "sha256": {name: _sha256(files[name]) for name in FILES},
+            "calibration": self.calibration.to_dict(),
             "metrics": self.metrics,
             "manifest": {"versions": package_versions(), "saved": time.time(), **self.manifest},
         }
@@ -174,7 +179,8 @@ class TfidfBundle:
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, SafetensorError) as exc:
             raise DataError(f"{path}: a file of the TF-IDF bundle cannot be read ({type(exc).__name__}: {exc}); the bundle is damaged.") from None
         model = FittedTfidf.from_state(arrays, {**document["head"], "settings": settings}, terms)
-        bundle = cls(model, document["classes"], metrics=document.get("metrics", {}), manifest=document.get("manifest", {}))
+        calibration = read_calibration(document, path, model)
+        bundle = cls(model, document["classes"], metrics=document.get("metrics", {}), manifest=document.get("manifest", {}), calibration=calibration)
         bundle.path = path
         bundle._files = files
         return bundle
@@ -211,7 +217,7 @@ class TfidfBundle:
         if failed:
             details = "; ".join(f"{describe(inputs[i])}: {reason}" for i, reason in failed)
             raise DataError(f"{len(failed)} input(s) could not be read: {details}")
-        return self.model.predict_proba(inputs)
+        return self.calibration.apply(self.model.predict_proba(inputs))
 
     def predict(self, inputs: list[str]) -> list[str]:
         """Predicted class names for the texts."""
@@ -225,7 +231,7 @@ class TfidfBundle:
         ok, failed = self._check(inputs)
         results: list[Prediction | None] = [None] * len(inputs)
         if ok:
-            proba = self.model.predict_proba([inputs[i] for i in ok])
+            proba = self.calibration.apply(self.model.predict_proba([inputs[i] for i in ok]))
             names = self.column_names()
             k = max(1, min(top_k, proba.shape[1]))
             for row, position in enumerate(ok):

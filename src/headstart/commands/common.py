@@ -22,6 +22,14 @@ LabelColumn = Annotated[str, typer.Option("--label-column", help="Column holding
 Encoding = Annotated[
     Optional[str], typer.Option("--encoding", help="A text table's encoding when it is not UTF-8: cp1252, latin-1, utf-16, ... (default: UTF-8).")
 ]
+Prior = Annotated[
+    str,
+    typer.Option("--prior", help="data: correct the head to the class frequencies the training split had before --per-class balanced it; uniform: keep the balanced sample's."),
+]
+Calibrate = Annotated[
+    bool,
+    typer.Option("--calibrate/--no-calibrate", help="Fit a temperature on held-out predictions and save it in the bundle (it never changes the predicted class)."),
+]
 AllowTorchScript = Annotated[
     bool, typer.Option("--allow-torchscript", help="Let a file: TorchScript backbone load; it runs the code it holds (off by default).")
 ]

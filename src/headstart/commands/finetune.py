@@ -11,12 +11,14 @@ import typer
 from headstart.commands.common import (
     AllowTorchScript,
     CacheDir,
+    Calibrate,
     Encoding,
     ImageSize,
     Json,
     LabelColumn,
     Out,
     PerClass,
+    Prior,
     Quiet,
     Seed,
     TextColumn,
@@ -62,6 +64,8 @@ def finetune_cmd(
     lora_rank: Annotated[int, typer.Option("--lora-rank", help="--strategy lora: rank of the adapters.")] = 8,
     lora_alpha: Annotated[float, typer.Option("--lora-alpha", help="--strategy lora: scaling numerator (updates scale by alpha / rank).")] = 16.0,
     lora_targets: Annotated[str, typer.Option("--lora-targets", help="--strategy lora: comma-separated names of the linear layers to adapt.")] = "query,value",
+    calibrate: Calibrate = True,
+    prior: Prior = "data",
     per_class: PerClass = None,
     image_size: ImageSize = None,
     seed: Seed = 0,
@@ -77,6 +81,9 @@ def finetune_cmd(
     """Fine-tune a backbone with a new head (LP-FT by default), and write a bundle that predict uses unchanged."""
     from headstart.finetune import finetune
 
+    from headstart.workflows.calibration import check_calibration_options
+
+    check_calibration_options(prior)  # before any work
     if explain:
         _explain(backbone, strategy, policy, epochs, lr, image_size, (lora_rank, lora_alpha, lora_targets), allow_torchscript)
         return
@@ -127,6 +134,8 @@ def finetune_cmd(
         lora_rank=lora_rank,
         lora_alpha=lora_alpha,
         lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
+        calibrate=calibrate,
+        prior=prior,
         quiet=quiet or json_out,
     )
     if json_out:
@@ -137,6 +146,9 @@ def finetune_cmd(
     test = f"test accuracy {result.test.accuracy:.3f}" if result.test else "no test split"
     probe = f" (linear probe {result.probe_test_accuracy:.3f})" if result.probe_test_accuracy is not None else ""
     console.print(f"{result.backbone} {result.strategy}: {test}{probe}, best epoch {result.best_epoch}, {result.seconds_per_epoch:.1f} s/epoch; bundle: {result.bundle_path}")
+    record = result.calibration or {}
+    if "test_ece_before" in record:
+        console.print(f"calibration: temperature {record['temperature']:.3f}, test ECE {record['test_ece_before']:.3f} -> {record['test_ece_after']:.3f}")
     if result.out is not None and (result.out / "report.html").is_file():
         console.print(f"report: {result.out / 'report.html'}")
 

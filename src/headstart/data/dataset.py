@@ -28,6 +28,9 @@ class Dataset:
         labels: Integer labels (N,), or a 0/1 indicator matrix (N, L) for multi-label data.
         split: The split name of each item (N,).
         skipped: ``(item, reason)`` pairs dropped while listing the source.
+        full_train_counts: Items per class of the training split (train and val) as the source had it,
+            before ``load_data(..., per_class=N)`` subsampled it; None when nothing was subsampled
+            (then the training split's own counts are the source's). Single-label data only.
     """
 
     source: str
@@ -37,6 +40,7 @@ class Dataset:
     labels: np.ndarray
     split: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    full_train_counts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -57,7 +61,7 @@ class Dataset:
         """A new Dataset holding the given items, in the given order."""
         indices = np.asarray(indices, dtype=np.int64)
         items = self.items[indices] if self.in_memory else [self.items[i] for i in indices]
-        return Dataset(self.source, self.modality, self.classes, items, self.labels[indices], self.split[indices], [])
+        return Dataset(self.source, self.modality, self.classes, items, self.labels[indices], self.split[indices], [], self.full_train_counts)
 
     def get_split(self, split: str) -> Dataset:
         """The items of one split."""
@@ -65,6 +69,17 @@ class Dataset:
 
     def has_split(self, split: str) -> bool:
         return bool(np.any(self.split == split))
+
+    def train_counts(self) -> np.ndarray:
+        """Items per class of the training split (train and val) as it is now."""
+        rows = np.isin(self.split, ("train", "val"))
+        if self.multilabel:
+            return self.labels[rows].sum(axis=0).astype(np.int64)
+        return np.bincount(self.labels[rows], minlength=len(self.classes))
+
+    def source_train_counts(self) -> np.ndarray:
+        """Items per class of the training split before any subsampling: what the data's class prior is."""
+        return np.asarray(self.full_train_counts) if self.full_train_counts is not None else self.train_counts()
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per split, the number of items of each class."""
@@ -119,14 +134,18 @@ class Dataset:
         return digest.hexdigest()
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-able summary: source, classes, per-split counts and skipped items."""
-        return {
+        """A JSON-able summary: source, classes, per-split counts, skipped items, and the training split's
+        counts before subsampling (``full_train_counts``, when ``per_class`` subsampled it)."""
+        summary = {
             "source": self.source,
             "modality": self.modality,
             "classes": list(self.classes),
             "counts": self.counts(),
             "skipped": [{"item": item, "reason": reason} for item, reason in self.skipped],
         }
+        if self.full_train_counts is not None:
+            summary["full_train_counts"] = {name: int(n) for name, n in zip(self.classes, self.full_train_counts)}
+        return summary
 
 
 def stratified_split(

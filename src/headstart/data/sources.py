@@ -37,7 +37,9 @@ def load_data(
             (one text per file), a ``.csv``/``.tsv``/``.jsonl`` manifest of (path, label[, split])
             or table of (text, label[, split]), a ``.npz`` file with ``x`` and ``y``, or an
             ``(images, labels)`` tuple of arrays.
-        per_class: Keep at most this many training examples per class (few-shot work).
+        per_class: Keep at most this many training examples per class (few-shot work). The training
+            split's class counts from before are kept in ``Dataset.full_train_counts``: probe and
+            finetune correct their heads to that class prior (``prior="data"``).
         seed: Seed for the stratified split and the subsample.
         test_fraction: Share of each class held out for test when the source has no test split.
         path_column: Manifest column holding the file path.
@@ -119,6 +121,7 @@ def assign_splits(dataset: Dataset, *, per_class: int | None, seed: int, test_fr
         if per_class < 1:
             raise DataError(f"--per-class must be at least 1, got {per_class}.")
         train = dataset.indices("train")
+        full_counts = dataset.train_counts() if not dataset.multilabel else None
         keep = subsample_per_class(dataset.labels, train, per_class, seed)
         dropped = np.setdiff1d(train, keep)
         keep_mask = np.ones(len(dataset), dtype=bool)
@@ -126,6 +129,8 @@ def assign_splits(dataset: Dataset, *, per_class: int | None, seed: int, test_fr
         skipped = dataset.skipped
         dataset = dataset.subset(np.flatnonzero(keep_mask))
         dataset.skipped = skipped
+        if len(dropped) and full_counts is not None:
+            dataset.full_train_counts = full_counts  # the class prior of the data, which the balanced sample no longer shows
     return dataset
 
 

@@ -114,8 +114,8 @@ def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decod
     Fields: the backbone's name and weights sha256, the layer, the pooling, the preprocessing (input
     size, mean/std, interpolation, crop), the data's fingerprint, the runtime and the precision
     (bf16 features from a GPU and fp32 features from a CPU never share an entry), the decode path
-    when it is not PIL, and, for a seeded random initialisation, the versions of the libraries that
-    draw it.
+    when it is not PIL (with the tensor path's resize method), and, for a seeded random
+    initialisation, the versions of the libraries that draw it.
     """
     parts = {
         "backbone": spec.name,
@@ -129,6 +129,10 @@ def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decod
     }
     if decode != "pil":
         parts["decode"] = decode
+    if decode == "tensor":
+        from headstart.features.fastpath import default_resize
+
+        parts["resize"] = default_resize(spec, str(device or "cpu"))
     if str(spec.sha256).startswith("random-init"):
         from headstart.versions import package_versions
 
@@ -571,7 +575,12 @@ def fused_for_cpu(backbone: Backbone) -> Backbone:
 
 
 def _compiled(backbone: Backbone, quiet: bool) -> Backbone:
-    """``torch.compile`` the backbone's network; the compile itself happens on the first batch."""
+    """``torch.compile`` the backbone's network; the compile itself happens on the first batch.
+
+    A network that an earlier call compiled is used as it is (compiling it again would wrap it twice).
+    """
+    if hasattr(backbone.model, "_orig_mod"):  # torch.compile's wrapper holds the original there
+        return backbone
     backbone.model = torch.compile(backbone.model)
     if not quiet:
         from headstart.console import err_console

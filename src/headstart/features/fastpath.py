@@ -1,23 +1,23 @@
 """The tensor decode path: file bytes read in DataLoader workers, decoded and resized as batches.
 
 On a GPU this decodes JPEGs with nvJPEG (``torchvision.io.decode_jpeg(list, device="cuda")``) and
-resizes, crops and normalises with batched tensor ops, so the CPU only reads bytes. Images are
-grouped by size so that each group resizes in one interpolate call. A file that is not a JPEG, or
-whose batched decode fails, falls back to a CPU decode on its own and is reported if that fails too.
-The same code runs on the CPU (``decode="tensor"``), which is how its agreement with the PIL path is
-tested on machines without a GPU.
+resizes, crops and normalises with batched tensor ops, so the CPU only reads bytes. The resize of a
+whole batch of images of any sizes takes a few ``roi_align`` calls on one padded canvas
+(:mod:`headstart.data.resize`); bicubic specs, and ``resize="interpolate"``, resize each distinct
+size in one interpolate call instead, as does the CPU, where that is faster. A file that is not a
+JPEG, or whose batched decode fails, falls back to a CPU decode on its own and is reported if that
+fails too. The same code runs on the CPU (``decode="tensor"``), which is how its agreement with the
+PIL path is tested on machines without a GPU.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from headstart.backbones.spec import BackboneSpec
-from headstart.data.transforms import center_crop, normalize_uint8, resize_size
+from headstart.data.resize import interpolate_resize_crop, roi_resize_crop
+from headstart.data.transforms import normalize_uint8
 
 JPEG_MAGIC = b"\xff\xd8"
 
@@ -83,32 +83,40 @@ def decode_batch(blobs: list[torch.Tensor], device: torch.device) -> tuple[list[
     return images, reasons
 
 
-def resize_crop_normalize(images: list[torch.Tensor], spec: BackboneSpec) -> torch.Tensor:
+RESIZE_METHODS = ("roi_align", "interpolate")
+
+
+def default_resize(spec: BackboneSpec, device: torch.device | str = "cuda") -> str:
+    """The resize the tensor path uses for ``spec`` on ``device``: ``roi_align`` (batched) on a GPU where it is faithful.
+
+    ``roi_align`` samples bilinearly, so it stands in for antialiased bilinear resizing only; a
+    bicubic spec keeps the per-image ``interpolate``. On the CPU the per-image path is the faster
+    one (benchmarks/resize.py), so the batched path is the default on GPUs only.
+    """
+    on_gpu = torch.device(device).type == "cuda"
+    return "roi_align" if on_gpu and spec.interpolation == "bilinear" else "interpolate"
+
+
+def resize_crop_normalize(images: list[torch.Tensor], spec: BackboneSpec, method: str | None = None) -> torch.Tensor:
     """Resize (shorter side), centre-crop and normalise a list of uint8 (3, H, W) images.
 
-    Images of the same size resize in one batched interpolate call.
+    ``method``: ``roi_align`` resamples every image's crop box from one padded canvas in a few
+    batched calls, whatever the sizes; ``interpolate`` resizes each distinct size in one antialiased
+    interpolate call (photos of varied sizes then resize one at a time); None:
+    :func:`default_resize` for the images' device. See :mod:`headstart.data.resize`.
     """
-    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for index, image in enumerate(images):
-        groups[tuple(image.shape[-2:])].append(index)
-    size = spec.input_size
-    out = torch.empty(len(images), 3, size, size, device=images[0].device)
-    mode = "bicubic" if spec.interpolation == "bicubic" else "bilinear"
-    for (height, width), members in groups.items():
-        batch = torch.stack([images[i] for i in members]).float()
-        short = resize_size(spec, min(height, width))
-        scale = short / min(height, width)
-        new_size = (max(short, int(height * scale)), max(short, int(width * scale)))  # truncate, as torchvision does
-        if new_size != (height, width):
-            batch = F.interpolate(batch, size=new_size, mode=mode, align_corners=False, antialias=True).clamp_(0, 255)
-        out[members] = normalize_uint8(center_crop(batch, size), spec)
-    return out
+    method = method or default_resize(spec, images[0].device)
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"resize method {method!r} is not one of {', '.join(RESIZE_METHODS)}")
+    pixels = roi_resize_crop(images, spec) if method == "roi_align" else interpolate_resize_crop(images, spec)
+    return normalize_uint8(pixels, spec)
 
 
-def tensor_batches(paths: list[str], rows: np.ndarray, spec: BackboneSpec, batch_size: int, num_workers: int, device: torch.device):
+def tensor_batches(paths: list[str], rows: np.ndarray, spec: BackboneSpec, batch_size: int, num_workers: int, device: torch.device,
+                   resize: str | None = None):
     """Yield ``(batch, rows, reasons)`` like the PIL path, decoding on ``device``.
 
-    Rows that fail to decode get a zero image and their reason.
+    Rows that fail to decode get a zero image and their reason. ``resize``: see :func:`resize_crop_normalize`.
     """
     loader = torch.utils.data.DataLoader(
         FileBytes(paths, rows),
@@ -128,5 +136,5 @@ def tensor_batches(paths: list[str], rows: np.ndarray, spec: BackboneSpec, batch
             blank = torch.zeros(3, spec.input_size, spec.input_size, device=device)
         batch = torch.stack([blank] * len(images))
         if good:
-            batch[good] = resize_crop_normalize([images[i] for i in good], spec)
+            batch[good] = resize_crop_normalize([images[i] for i in good], spec, resize)
         yield batch, batch_rows, reasons

@@ -8,6 +8,7 @@ weights on the test split.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from typing import Any
@@ -26,6 +27,8 @@ from headstart.engine.errors import out_of_memory_error
 from headstart.engine.keep import binomial_se
 from headstart.engine.policy import DEFAULT_LR, CompiledPolicy, FinetunePolicy, resolve_policy
 from headstart.evaluate import EvalResult, evaluate
+from headstart.evaluate.calibration import Calibration
+from headstart.finetune.calibrate import fit_calibration, gather_logits, predict_logits
 from headstart.finetune.data import IGNORE, Batcher, TextBatcher, load_classification_data, split_indices
 from headstart.finetune.result import FinetuneResult, save_run
 from headstart.models.classifier import FinetuneModel, head_to_probe_state
@@ -46,6 +49,8 @@ class ClassificationAdapter(Adapter):
         label_smoothing: Label smoothing of the training loss.
         augment: Training augmentations.
         lora: ``lora_rank``, ``lora_alpha``, ``lora_targets`` for ``strategy="lora"``.
+        calibrate: After training, fit a temperature on the validation split (:mod:`headstart.finetune.calibrate`).
+        prior: ``data`` (correct to the training split's class frequencies before ``per_class``) or ``uniform``.
     """
 
     name = "fine-tuning"
@@ -56,8 +61,9 @@ class ClassificationAdapter(Adapter):
     divergence_hint = "Lower --lr (for example by 10x), turn mixed precision off (--mixed-precision no), or keep --max-grad-norm on."
 
     def __init__(self, data: Dataset | str, backbone: Backbone | str, *, per_class: int | None, image_size: int | None, store,
-                 label_smoothing: float, augment: AugmentConfig, lora: dict[str, Any]) -> None:
+                 label_smoothing: float, augment: AugmentConfig, lora: dict[str, Any], calibrate: bool = True, prior: str = "data") -> None:
         self.source, self.backbone_source = data, backbone
+        self.calibrate, self.prior = calibrate, prior
         self.per_class, self.image_size, self.store = per_class, image_size, store
         self.label_smoothing, self.augment, self.lora = label_smoothing, augment, lora
 
@@ -130,22 +136,28 @@ class ClassificationAdapter(Adapter):
         from headstart.heads import head_from_state
 
         model, compiled, data, config = setup.model, setup.compiled, self.data, self.config
-        test = evaluate_test(model, run.accelerator, self.batcher, data, self.rows[2], config.batch_size) if len(self.rows[2]) else None
+        calibration, record = fit_calibration(model, run.accelerator, self.batcher, data, self.rows, config.batch_size,
+                                              calibrate=self.calibrate, prior=self.prior)
+        test = None
+        if len(self.rows[2]):
+            test, before = evaluate_test(model, run.accelerator, self.batcher, data, self.rows[2], config.batch_size, calibration)
+            if test is not None and calibration.temperature != 1.0:
+                record.update({"test_ece_before": before.ece, "test_accuracy_before": before.accuracy, "test_ece_after": test.ece})
         policy, spec = compiled.policy, self.spec
         arrays, meta = head_to_probe_state(model.head)
         augment = augment_summary(self.augment) if data.modality == "image" else None
         metrics = {"test": test.to_dict() if test else None, "history": state["history"], "best_epoch": state["best_epoch"],
-                   "keep_rule": state.get("keep_rule")}
+                   "keep_rule": state.get("keep_rule"), "calibration": record}
         model.to("cpu")
         manifest = {"seed": config.seed, "data_fingerprint": setup.settings["data"], "data_source": data.source,
                     "finetune": {**setup.settings, "strategy": policy.strategy, "augmentation": augment}}
         bundle = Bundle(spec=spec, head=head_from_state(arrays, meta), classes=list(data.classes), metrics=metrics, manifest=manifest,
-                        backbone=self.backbone, finetuned=not adapters_only(compiled))
+                        backbone=self.backbone, finetuned=not adapters_only(compiled), calibration=calibration)
         result = FinetuneResult(
             backbone=spec.name, strategy=policy.strategy, policy=policy, lr=self.lr, history=state["history"], best_epoch=state["best_epoch"],
             stopped_early=state["stopped_early"], test=test, probe_test_accuracy=state.get("probe_test_accuracy"), start=state.get("start"),
             bundle=bundle, bundle_path=None, out=config.out, seconds=time.perf_counter() - run.started, processes=run.world,
-            device=str(run.accelerator.device), mixed_precision=run.accelerator.mixed_precision, model=model,
+            device=str(run.accelerator.device), mixed_precision=run.accelerator.mixed_precision, model=model, calibration=record,
             augment=augment, keep_rule=state.get("keep_rule"),
         )
         if run.main and config.out is not None:
@@ -157,6 +169,9 @@ class ClassificationAdapter(Adapter):
         tail = f"; probe {probe:.3f}" if probe is not None else ""
         score = f"test accuracy {test.accuracy:.3f}" if test else "no test split"
         kept = f"kept epoch {state['best_epoch']}" if state["best_epoch"] >= 0 else "kept the probe's weights (every epoch scored lower on validation)"
+        record = result.calibration or {}
+        if "test_ece_before" in record and record.get("temperature", 1.0) != 1.0:
+            tail += f"; temperature {record['temperature']:.2f}: test ECE {record['test_ece_before']:.3f} -> {record['test_ece_after']:.3f}"
         return f"{kept}: {score}{tail}" + (f"; bundle {result.bundle_path}" if result.bundle_path else "")
 
     # ----- the loop's hooks -----------------------------------------------------------------------
@@ -273,26 +288,9 @@ def workers(num_workers: int | None, data: Dataset) -> int:
     return max(0, min(8, os.cpu_count() or 1)) if num_workers is None else num_workers
 
 
-@torch.no_grad()
-def _predict(model: FinetuneModel, accelerator, batcher: Batcher, rows: np.ndarray, batch_size: int):
-    """This process's logits (float32, CPU) and rows, in eval mode."""
-    was_training = model.training
-    model.eval()
-    logits, order, labels = [], [], []
-    for x, y, chunk in batcher.eval_batches(rows, batch_size):
-        with accelerator.autocast():
-            logits.append(model(x).float().cpu())
-        order.append(chunk)
-        labels.append(y.cpu())
-    model.train(was_training)
-    if not logits:
-        return torch.zeros(0, model.head.out_features), np.zeros(0, np.int64), torch.zeros(0, dtype=torch.long)
-    return torch.cat(logits), np.concatenate(order), torch.cat(labels)
-
-
 def _validate(model, accelerator, batcher, rows, batch_size) -> tuple[float, float]:
     """Validation loss (plain cross-entropy) and accuracy over all processes."""
-    logits, _, labels = _predict(model, accelerator, batcher, rows, batch_size)
+    logits, _, labels = predict_logits(model, accelerator, batcher, rows, batch_size)
     valid = labels != IGNORE
     loss = F.cross_entropy(logits[valid], labels[valid], reduction="sum") if valid.any() else torch.tensor(0.0)
     totals = torch.tensor([float(loss), float((logits.argmax(1) == labels)[valid].sum()), float(valid.sum())], dtype=torch.float64, device=accelerator.device)
@@ -302,19 +300,19 @@ def _validate(model, accelerator, batcher, rows, batch_size) -> tuple[float, flo
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
-def evaluate_test(model, accelerator, batcher, data: Dataset, rows, batch_size) -> EvalResult | None:
-    """Test metrics of ``model`` (on the main process; None elsewhere)."""
-    logits, order, labels = _predict(model, accelerator, batcher, rows, batch_size)
-    proba = torch.softmax(logits.double(), dim=1).numpy()
-    if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        parts = gather_object([(proba, order, labels.numpy())])
-        proba = np.concatenate([p for p, _, _ in parts])
-        order = np.concatenate([o for _, o, _ in parts])
-        labels = torch.as_tensor(np.concatenate([l for _, _, l in parts]))
+def evaluate_test(model, accelerator, batcher, data: Dataset, rows, batch_size,
+                  calibration: Calibration | None = None) -> tuple[EvalResult | None, EvalResult | None]:
+    """Test metrics of ``model`` with its calibration applied, and without its temperature (on the main process; None elsewhere)."""
+    logits, order, labels = gather_logits(model, accelerator, batcher, rows, batch_size)
     if not accelerator.is_main_process:
-        return None
-    valid = (labels != IGNORE).numpy()
+        return None, None
+    proba = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
+    valid = labels != IGNORE
     names = np.array(data.classes, dtype=object)
-    return evaluate(names[data.labels[order[valid]]], proba[valid], list(data.classes), split="test")
+    truth = names[data.labels[order[valid]]]
+    calibration = calibration or Calibration()
+    before = dataclasses.replace(calibration, temperature=1.0)  # the same prior, without the temperature
+    raw = evaluate(truth, before.apply(proba[valid]), list(data.classes), split="test")
+    if calibration.temperature == 1.0:
+        return raw, raw
+    return evaluate(truth, calibration.apply(proba[valid]), list(data.classes), split="test"), raw

@@ -41,6 +41,10 @@ class FinetuneResult:
         device: The device each process trained on.
         mixed_precision: The precision used (``no``, ``bf16``, ``fp16``).
         model: The fine-tuned model (best weights, eval mode, on the CPU).
+        calibration: The bundle's calibration: ``temperature`` (fitted on the validation split),
+            ``log_prior_shift``, ``prior``, ``note``, and where fitted ``val_ece_before`` /
+            ``val_ece_after``, ``val_nll_before`` / ``val_nll_after``, ``test_ece_before`` /
+            ``test_ece_after`` (``test`` holds the calibrated metrics; the accuracy is the same).
         augment: The training augmentations (crop scale and ratio, ``flip``, ``randaugment``); None for text.
         keep_rule: The kept-epoch rule and its inputs (see :mod:`headstart.engine.keep`).
     """
@@ -63,6 +67,7 @@ class FinetuneResult:
     device: str
     mixed_precision: str
     model: FinetuneModel = field(repr=False)
+    calibration: dict[str, Any] | None = None
     augment: dict[str, Any] | None = None
     keep_rule: dict[str, Any] | None = None
 
@@ -86,6 +91,7 @@ class FinetuneResult:
             "test": self.test.to_dict() if self.test else None,
             "test_accuracy": self.test.accuracy if self.test else None,
             "probe_test_accuracy": self.probe_test_accuracy,
+            "calibration": self.calibration,
             "seconds": round(self.seconds, 2),
             "seconds_per_epoch": round(self.seconds_per_epoch, 2),
             "processes": self.processes,

@@ -17,6 +17,7 @@ from headstart.data.dataset import Dataset
 from headstart.engine.keep import KEEP_WITHIN
 from headstart.engine.policy import DEFAULT_LR, FinetunePolicy
 from headstart.errors import OptionError
+from headstart.evaluate.calibration import PRIORS
 from headstart.features import FeatureStore
 from headstart.finetune.adapter import ClassificationAdapter
 from headstart.finetune.result import FinetuneResult
@@ -55,6 +56,8 @@ def finetune(
     lora_rank: int = 8,
     lora_alpha: float = 16.0,
     lora_targets: tuple[str, ...] = ("query", "value"),
+    calibrate: bool = True,
+    prior: str = "data",
     quiet: bool = False,
 ) -> FinetuneResult:
     """Fine-tune a backbone with a new linear head, and return (and save) the best model as a bundle.
@@ -78,8 +81,8 @@ def finetune(
         max_grad_norm: Clip the gradient norm to this; None turns clipping off.
         ema_decay: Validate, keep and save an exponential moving average of the weights, with this
             decay per optimizer step (0.99 averages over about 100 steps); None or 0 turns it off. It
-            smooths AdamW's noisy first steps (a 2-epoch LP-FT on Animal-MNIST: 0.850 test accuracy
-            without, 0.900 with 0.99), but lags behind in longer runs (5 epochs: 0.912 with, 0.934 without).
+            smooths AdamW's noisy first steps but lags behind in longer runs (measured in section
+            "Fine-tuning: BatchNorm and EMA" of benchmarks/RESULTS.md).
         patience: Stop after this many epochs without a better validation accuracy; None never stops early.
         keep_within: The kept-epoch rule: keep the latest epoch whose validation accuracy is within
             this many binomial standard errors of the best one (1.0 by default; measured in
@@ -104,6 +107,13 @@ def finetune(
         lora_rank: With ``strategy="lora"``: the adapters' rank.
         lora_alpha: With ``strategy="lora"``: the adapters' scaling numerator (updates scale by alpha / rank).
         lora_targets: With ``strategy="lora"``: module name suffixes of the linear layers to adapt.
+        calibrate: After training, fit a temperature ``T`` on the kept model's validation logits
+            (minimum NLL) and save it in the bundle, which then predicts ``softmax(logits / T)``; it
+            never changes the predicted class. False keeps ``T = 1``. Needs a validation split.
+        prior: ``"data"``: when ``per_class`` (or ``load_data(..., per_class=N)``) balanced the
+            training split, the bundle corrects its probabilities to the class frequencies the
+            training split had before (zero without subsampling). ``"uniform"``: keep the balanced
+            sample's prior.
         quiet: No per-epoch lines on the console.
 
     Returns:
@@ -119,10 +129,12 @@ def finetune(
     config = engine.TrainConfig.from_options(dict(locals()), nesterov=True)
     if not 0 <= label_smoothing < 1:
         raise OptionError(f"--label-smoothing must be in [0, 1), got {label_smoothing!r}.")
+    if prior not in PRIORS:
+        raise OptionError(f"prior must be 'data' (correct to the training split's class frequencies) or 'uniform', got {prior!r}.")
     adapter = ClassificationAdapter(
         data, backbone, per_class=per_class, image_size=image_size, store=store, label_smoothing=label_smoothing,
         augment=AugmentConfig(scale=tuple(crop_scale), flip=bool(flip), randaugment=randaugment),
-        lora={"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_targets": tuple(lora_targets)},
+        lora={"lora_rank": lora_rank, "lora_alpha": lora_alpha, "lora_targets": tuple(lora_targets)}, calibrate=calibrate, prior=prior,
     )
     return engine.train(config, adapter)
 

@@ -13,6 +13,7 @@ file in the run directory                 section (module under ``headstart.repo
 ``*.csv`` with an ``epoch`` column        training curves, unfreeze phases marked (curves)
 metrics with ``per_class``                confusion matrix and per-class metrics (evaluation)
 ``test_predictions.csv``                  reliability diagram (evaluation), most confidently wrong examples (pictures)
+``metrics.json`` ``calibration``          temperature, prior shift, ECE before and after T (calibration)
 ``thumbnails/<index>.png``                the pictures of those examples (pictures)
 ``predictions/*.png``                     a grid of predictions drawn on test images (pictures)
 ``manifest.json``                         run details: command, versions, seed, keys, times (manifest)

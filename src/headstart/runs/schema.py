@@ -58,9 +58,11 @@ PROBE_RUNS = "runs"  # probe: one dict per (backbone, head), each with its "metr
 PROBE_BEST = "best"  # probe: the best run's row
 BEST_EPOCH = "best_epoch"  # finetune: the epoch whose weights were kept
 POLICY = "policy"  # finetune: the policy's "trainable" and "unfreeze" schedule
+# finetune: the bundle's calibration (temperature, prior shift, val/test ECE before and after T); probe: in each run's dict
+CALIBRATION = "calibration"
 # The columns of a probe run's row (metrics.json "runs", results.csv), in the report's order.
 PROBE_COLUMNS = ("backbone", "head", "image_size", "layer", "pool", "test/accuracy", "test/balanced_accuracy", "test/macro_f1",
-                 "test/ece", "extract_s", "fit_s", "store_hit")
+                 "test/ece", "temperature", "extract_s", "fit_s", "store_hit")
 PROBE_ACCURACY = "test/accuracy"
 
 # ----- rank.json (headstart.select.rank.RankTable.to_dict) --------------------------------------

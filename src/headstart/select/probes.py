@@ -13,7 +13,7 @@ import numpy as np
 
 from headstart.select.combine import PROBES
 from headstart.errors import DataError
-from headstart.select.scores import ScoreUndefined, compute_scores, leep
+from headstart.select.scores import ScoreUndefined, compute_scores, leep, ridge_loo
 from headstart.select.scores.common import NUMERICAL_FAILURES, undefined_after
 
 __all__ = ["compute_rank_scores", "cv_accuracy", "knn_cv_accuracy", "one_thread", "source_logits"]
@@ -152,12 +152,22 @@ def _knn_votes(distances: np.ndarray, reference_codes: np.ndarray, n_classes: in
     return vote_tallies(nearest_distances, reference_codes[nearest], n_classes, ks)
 
 
-def compute_rank_scores(names: tuple[str, ...], features: np.ndarray, labels: np.ndarray, logits: np.ndarray | None, logits_reason: str | None, seed: int) -> tuple[dict[str, float | None], dict[str, str], dict[str, float]]:
+def compute_rank_scores(
+    names: tuple[str, ...],
+    features: np.ndarray,
+    labels: np.ndarray,
+    logits: np.ndarray | None,
+    logits_reason: str | None,
+    seed: int,
+    details: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, float | None], dict[str, str], dict[str, float]]:
     """Every requested score: values, reasons for the undefined ones, and seconds per score.
 
     A score that is undefined on these inputs, or fails numerically (see
     :data:`~headstart.select.scores.common.NUMERICAL_FAILURES`), gets None and its reason; any
-    other exception is a bug and propagates.
+    other exception is a bug and propagates. When ``details`` is a dict and ``ridge`` is computed,
+    ``details["ridge"]`` receives every sample's leave-one-out correctness, from which a ranking
+    says how far apart two candidates are on the same samples.
     """
     values: dict[str, float | None] = {}
     reasons: dict[str, str] = {}
@@ -167,6 +177,11 @@ def compute_rank_scores(names: tuple[str, ...], features: np.ndarray, labels: np
         try:
             if name in PROBES:
                 result: float | ScoreUndefined = cv_accuracy(name, features, labels, seed)
+            elif name == "ridge":
+                loo = ridge_loo(features, labels)
+                if details is not None:
+                    details["ridge"] = loo.correct
+                result = loo.accuracy
             elif name == "leep":
                 if logits is None:
                     raise ScoreUndefined(logits_reason or "no source logits")

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from headstart.errors import HeadstartError
 from headstart.select.combine import Combination, combine_scores
 from headstart.select.cost import Cost, pareto_front
@@ -67,6 +69,8 @@ class RankRow:
     n_samples: int = 0
     weights_sha256: str | None = None
     store_key: str | None = None
+    vs_first: dict[str, float | bool] | None = None
+    ridge_correct: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +90,7 @@ class RankRow:
             "cost_error": self.cost_error,
             "pareto": self.pareto,
             "pareto_speed": self.pareto_speed,
+            "vs_first": self.vs_first,
             "store_hit": self.store_hit,
             "n_samples": self.n_samples,
             "seconds": {
@@ -195,6 +200,31 @@ def finish_ranking(rows: list[RankRow], combination: Combination) -> None:
         row.pareto = on_front
     for row, on_front in zip(rows, pareto_front(quality, speed, lower_cost_is_better=False)):
         row.pareto_speed = on_front
+    compare_with_first(rows)
+
+
+# A candidate whose leave-one-out accuracy is within this many paired standard errors of the first
+# one's is marked close: on this sample, the order of the two is noise.
+CLOSE_ERRORS = 2.0
+
+
+def compare_with_first(rows: list[RankRow]) -> None:
+    """Set each row's ``vs_first``: its ridge leave-one-out accuracy gap to the first row, on the same samples.
+
+    The gap is the mean of the paired per-sample differences of leave-one-out correctness (first
+    minus this row, in points; negative when this row does better), with its standard error
+    sd / sqrt(n). ``close`` is True within :data:`CLOSE_ERRORS` standard errors. Rows without the
+    ridge score, or scored on other samples, get None.
+    """
+    first = rows[0].ridge_correct if rows else None
+    for row in rows:
+        row.vs_first = None
+        if first is None or row.ridge_correct is None or row.ridge_correct.shape != first.shape or row is rows[0]:
+            continue
+        difference = first.astype(np.float64) - row.ridge_correct.astype(np.float64)
+        gap = float(difference.mean())
+        error = float(difference.std(ddof=1) / np.sqrt(difference.size)) if difference.size > 1 else 0.0
+        row.vs_first = {"points": round(100 * gap, 2), "error": round(100 * error, 2), "close": bool(gap <= CLOSE_ERRORS * error)}
 
 # --------------------------------------------------------------------------------------------------
 # Console output
@@ -207,6 +237,12 @@ def _format(value: float | None) -> str:
     if abs(value) >= 100:
         return f"{value:.0f}"
     return f"{value:.3f}"
+
+
+def _format_gap(row: RankRow) -> str:
+    if row.vs_first is None:
+        return "" if row.rank == 1 else "n/a"
+    return f"{row.vs_first['points']:+.1f} ± {row.vs_first['error']:.1f}" + (" ~" if row.vs_first["close"] else "")
 
 
 def print_rank_table(table: RankTable, title: str | None = None, console=None) -> None:
@@ -222,6 +258,9 @@ def print_rank_table(table: RankTable, title: str | None = None, console=None) -
     output.add_column("combined", justify="right")
     for name in table.scores:
         output.add_column(name, justify="right")
+    gaps = any(row.vs_first is not None for row in table.rows)
+    if gaps:
+        output.add_column("vs #1", justify="right")
     for column in ("params", "MMACs", "img/s", "peak MB", "front"):
         output.add_column(column, justify="right")
     for row in table.rows:
@@ -231,6 +270,7 @@ def print_rank_table(table: RankTable, title: str | None = None, console=None) -
             row.candidate,
             _format(row.combined),
             *[_format(row.scores.get(name)) for name in table.scores],
+            *([_format_gap(row)] if gaps else []),
             f"{cost.params / 1e6:.2f}M" if cost else "n/a",
             f"{cost.macs / 1e6:.0f}" if cost else "n/a",
             f"{cost.images_per_s:.0f}" if cost else "n/a",
@@ -254,6 +294,13 @@ def print_rank_table(table: RankTable, title: str | None = None, console=None) -
             notes.append(f"n/a cost ({row.candidate}): {row.cost_error}")
     for candidate, reason in table.skipped:
         notes.append(f"skipped {candidate}: {reason}")
+    if gaps:
+        close = [row.candidate for row in table.rows if row.vs_first and row.vs_first["close"]]
+        notes.append(
+            f"vs #1: how many points of leave-one-out ridge accuracy #1 leads by on these {table.sample['n_samples']} samples, "
+            f"± one paired standard error; ~ marks a lead under {CLOSE_ERRORS:g} standard errors, where the order is noise"
+            + (f" ({len(close)} candidate{'s' if len(close) != 1 else ''}: {', '.join(close)}); probe them all (headstart probe) to choose." if close else "; every other candidate is clearly behind.")
+        )
     notes.append("front: * = on the Pareto front of combined score vs MACs (no candidate is both better and cheaper).")
     for note in notes:
         console.print(note, highlight=False, soft_wrap=True)

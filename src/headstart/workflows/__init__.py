@@ -5,6 +5,8 @@
 - :mod:`headstart.workflows.rank`: :func:`~headstart.workflows.rank.rank_backbones` loads each
   candidate, extracts a subsample's features, scores them and measures the cost; with ``out``, it
   writes the run directory (:func:`~headstart.workflows.rank.write_rank_run`).
+- :mod:`headstart.workflows.calibration`: a probe head's temperature (out-of-fold) and class-prior
+  correction, saved in its bundle.
 - :mod:`headstart.workflows.demo`: :func:`~headstart.workflows.demo.run_demo`, ``headstart demo``.
 
 This layer sits above the library (finetune, tasks, select, features, heads, data, backbones...) and

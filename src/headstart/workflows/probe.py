@@ -17,6 +17,7 @@ probe of ``sk:tfidf`` alone without ``linear`` is refused. Its bundle is a ``tfi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -30,10 +31,12 @@ from headstart.bundles.tfidf import TfidfBundle
 from headstart.data.dataset import Dataset
 from headstart.errors import DataError, OptionError
 from headstart.evaluate import EvalResult, evaluate
+from headstart.evaluate.calibration import Calibration
 from headstart.features import FeatureStore, Features, extract
 from headstart.heads import check_head_name, make_head
 from headstart.heads import tfidf as tfidf_baseline
 from headstart.io import atomic_write_bytes, atomic_write_json, check_out_dir
+from headstart.workflows.calibration import check_calibration_options, head_calibration
 
 
 @dataclass
@@ -53,6 +56,7 @@ class ProbeRun:
     bundle: Bundle | TfidfBundle = field(repr=False)
     bundle_path: Path | None = None
     test_predictions: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    calibration: dict[str, Any] | None = None
 
     def row(self) -> dict[str, Any]:
         """A flat summary for tables and CSV logs."""
@@ -65,6 +69,7 @@ class ProbeRun:
             "test/balanced_accuracy": round(self.test.balanced_accuracy, 4) if self.test.balanced_accuracy is not None else None,
             "test/macro_f1": round(self.test.macro_f1, 4),
             "test/ece": round(self.test.ece, 4),
+            "temperature": round(self.calibration["temperature"], 4) if self.calibration else None,
             "extract_s": round(self.extract_seconds, 2),
             "fit_s": round(self.fit_seconds, 2),
             "store_hit": self.store_hit,
@@ -90,7 +95,7 @@ class ProbeReport:
     def to_dict(self) -> dict[str, Any]:
         document = {
             "dataset": self.dataset,
-            "runs": [{**run.row(), "metrics": run.test.to_dict()} for run in self.runs],
+            "runs": [{**run.row(), "metrics": run.test.to_dict(), "calibration": run.calibration} for run in self.runs],
             "best": self.best.row(),
             "out": str(self.out) if self.out else None,
         }
@@ -104,16 +109,34 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
-def fit_and_evaluate(features: Features, head_name: str, seed: int, head_params: dict[str, Any] | None = None) -> tuple[Any, EvalResult, float]:
-    """Fit a head on the train (and val) rows of ``features`` and evaluate it on the test rows."""
+@dataclass
+class Fitted:
+    """A head fitted by :func:`train_and_test`: the head, its calibration, its test metrics (calibrated) and fit time."""
+
+    head: Any
+    calibration: Calibration
+    test: EvalResult
+    fit_seconds: float
+    record: dict[str, Any]  # the calibration with the test ECE before and after it, for metrics.json
+
+
+def fit_and_evaluate(features: Features, head_name: str, seed: int, head_params: dict[str, Any] | None = None, *,
+                     calibrate: bool = True, prior: str = "data", full_counts: np.ndarray | None = None) -> Fitted:
+    """Fit a head on the train (and val) rows of ``features``, calibrate it, and evaluate it on the test rows."""
     params = {"random_state": seed, **(head_params or {})}
-    return train_and_test(make_head(head_name, **params), features.X, features.labels, features.split, features.valid, features.classes)
+    head = make_head(head_name, **params)
+    return train_and_test(head, features.X, features.labels, features.split, features.valid, features.classes,
+                          head_name=head_name, seed=seed, calibrate=calibrate, prior=prior, full_counts=full_counts)
 
 
-def train_and_test(head: Any, X, labels: np.ndarray, split: np.ndarray, valid: np.ndarray, classes: list[str]) -> tuple[Any, EvalResult, float]:
-    """Fit ``head`` on the valid train and val rows of ``X`` and evaluate it on the valid test rows.
+def train_and_test(head: Any, X, labels: np.ndarray, split: np.ndarray, valid: np.ndarray, classes: list[str], *, head_name: str, seed: int,
+                   calibrate: bool = True, prior: str = "data", full_counts: np.ndarray | None = None) -> Fitted:
+    """Fit ``head`` on the valid train and val rows of ``X``, calibrate it, and evaluate it on the valid test rows.
 
-    ``X`` is a feature matrix, or (for ``sk:tfidf``) an object array of texts.
+    ``X`` is a feature matrix, or (for ``sk:tfidf``) an object array of texts. The calibration
+    (:func:`~headstart.workflows.calibration.head_calibration`) is fitted on the training rows alone;
+    the test metrics are those of the calibrated probabilities, and the record keeps the test ECE
+    before and after it.
     """
     train = np.isin(split, ("train", "val")) & valid
     test = (split == "test") & valid
@@ -125,23 +148,31 @@ def train_and_test(head: Any, X, labels: np.ndarray, split: np.ndarray, valid: n
         raise DataError("The test split is empty; give a test/ folder or a larger dataset.")
     started = time.perf_counter()
     head.fit(X[order], labels[order])
+    calibration = head_calibration(head_name, head, X[order], labels[order], seed=seed, calibrate=calibrate, prior=prior, full_counts=full_counts)
     fit_seconds = time.perf_counter() - started
     names = np.array(classes, dtype=object)
     column_names = [classes[int(c)] for c in head.classes_]
-    result = evaluate(names[labels[test]], head.predict_proba(X[test]), column_names, split="test")
-    return head, result, fit_seconds
+    raw = head.predict_proba(X[test])
+    result = evaluate(names[labels[test]], calibration.apply(raw), column_names, split="test")
+    record = calibration.to_dict()
+    if calibration.temperature != 1.0:
+        # Before and after the temperature, with the same prior: the temperature's own effect.
+        before = evaluate(names[labels[test]], dataclasses.replace(calibration, temperature=1.0).apply(raw), column_names, split="test")
+        record.update({"test_ece_before": before.ece, "test_accuracy_before": before.accuracy, "test_ece_after": result.ece})
+    return Fitted(head, calibration, result, fit_seconds, record)
 
 
-def predict_test_rows(features: Features, head: Any) -> dict[str, np.ndarray] | None:
-    """Dataset index, true and predicted class, and confidence of each test row (single-label only)."""
-    return _test_rows(features.X, features.labels, features.split, features.valid, features.classes, head)
+def predict_test_rows(features: Features, head: Any, calibration: Calibration | None = None) -> dict[str, np.ndarray] | None:
+    """Dataset index, true and predicted class, and (calibrated) confidence of each test row (single-label only)."""
+    return _test_rows(features.X, features.labels, features.split, features.valid, features.classes, head, calibration)
 
 
-def _test_rows(X, labels: np.ndarray, split: np.ndarray, valid: np.ndarray, classes: list[str], head: Any) -> dict[str, np.ndarray] | None:
+def _test_rows(X, labels: np.ndarray, split: np.ndarray, valid: np.ndarray, classes: list[str], head: Any,
+               calibration: Calibration | None = None) -> dict[str, np.ndarray] | None:
     if labels.ndim != 1:
         return None
     rows = np.flatnonzero((split == "test") & valid)
-    proba = head.predict_proba(X[rows])
+    proba = (calibration or Calibration()).apply(head.predict_proba(X[rows]))
     top = proba.argmax(axis=1)
     names = np.array(classes, dtype=object)
     return {
@@ -167,8 +198,10 @@ def probe(
     head_params: dict[str, dict[str, Any]] | None = None,
     trust_remote_code: bool = False,
     allow_torchscript: bool = False,
+    prior: str = "data",
+    calibrate: bool = True,
 ) -> ProbeReport:
-    """Extract, fit every head on every backbone's features, evaluate on test, save bundles.
+    """Extract, fit every head on every backbone's features, calibrate, evaluate on test, save bundles.
 
     Args:
         data: A dataset with train and test splits (see :func:`headstart.load_data`).
@@ -190,6 +223,12 @@ def probe(
             ``{"sk:tfidf": {...}}`` gives :class:`~headstart.heads.tfidf.TfidfLogReg`'s.
         trust_remote_code: Let ``hf:``/``st:`` backbone folders run the code they ship.
         allow_torchscript: Let ``file:`` TorchScript backbones load (they run the code they hold).
+        prior: ``"data"``: correct each head's probabilities from the class frequencies of its
+            training sample (balanced by ``load_data(..., per_class=N)``) to those of the whole
+            training split (``Dataset.full_train_counts``); zero without subsampling. ``"uniform"``:
+            keep the sample's prior (the behaviour before this option).
+        calibrate: Fit a temperature on out-of-fold predictions for the kNN and MLP heads (the linear
+            probe needs none); see :mod:`headstart.workflows.calibration`.
 
     Returns:
         A :class:`ProbeReport`.
@@ -202,6 +241,7 @@ def probe(
     if not backbones:
         raise DataError("Name at least one backbone, e.g. --backbone tv:mobilenet_v2.IMAGENET1K_V1.")
     check_out_dir(out)
+    check_calibration_options(prior)
     started = time.perf_counter()
     heads = list(heads)
     prepared = prepare_backbones(
@@ -214,7 +254,7 @@ def probe(
     skipped: dict[tuple[str, str], None] = dict.fromkeys(data.skipped)
     for name, backbone in prepared:
         if backbone is None:
-            baseline_runs, baseline_skips, item_skips = probe_tfidf(data, heads, seed, (head_params or {}).get(name))
+            baseline_runs, baseline_skips, item_skips = probe_tfidf(data, heads, seed, (head_params or {}).get(name), prior=prior, calibrate=calibrate)
             runs += baseline_runs
             skipped_runs += baseline_skips
             skipped.update(dict.fromkeys(item_skips))
@@ -222,7 +262,9 @@ def probe(
         features = extract(backbone, data, layer=layer, pool=pool, image_size=image_size, store=store, quiet=quiet)
         skipped.update(dict.fromkeys(features.skipped))
         for head_name in heads:
-            head, result, fit_seconds = fit_and_evaluate(features, head_name, seed, (head_params or {}).get(head_name))
+            fitted = fit_and_evaluate(features, head_name, seed, (head_params or {}).get(head_name), calibrate=calibrate, prior=prior,
+                                      full_counts=data.full_train_counts)
+            head, result = fitted.head, fitted.test
             bundle = Bundle(
                 spec=features.spec,
                 head=head,
@@ -232,13 +274,14 @@ def probe(
                 metrics=result.to_dict(),
                 manifest={"seed": seed, "data_fingerprint": features.fingerprint, "store_key": features.key, "data_source": data.source},
                 backbone=backbone,
+                calibration=fitted.calibration,
             )
             runs.append(
                 ProbeRun(
                     backbone=features.spec.name, head=head_name, image_size=features.spec.input_size, layer=features.layer,
-                    pool=features.pool, test=result, extract_seconds=features.seconds, fit_seconds=fit_seconds,
+                    pool=features.pool, test=result, extract_seconds=features.seconds, fit_seconds=fitted.fit_seconds,
                     store_hit=features.hit, store_key=features.key, bundle=bundle,
-                    test_predictions=predict_test_rows(features, head),
+                    test_predictions=predict_test_rows(features, head, fitted.calibration), calibration=fitted.record,
                 )
             )
     dataset = data.summary()
@@ -301,7 +344,8 @@ def prepare_backbones(
     return prepared
 
 
-def probe_tfidf(data: Dataset, heads: list[str], seed: int, params: dict[str, Any] | None = None) -> tuple[list[ProbeRun], list[dict[str, str]], list[tuple[str, str]]]:
+def probe_tfidf(data: Dataset, heads: list[str], seed: int, params: dict[str, Any] | None = None, *, prior: str = "data",
+                calibrate: bool = True) -> tuple[list[ProbeRun], list[dict[str, str]], list[tuple[str, str]]]:
     """The ``sk:tfidf`` runs: TF-IDF + logistic regression fitted on the raw training texts.
 
     Returns:
@@ -322,16 +366,20 @@ def probe_tfidf(data: Dataset, heads: list[str], seed: int, params: dict[str, An
             skips.append({"backbone": name, "head": head_name, "reason": reason})
             continue
         model = tfidf_baseline.TfidfLogReg(**{"random_state": seed, **(params or {})})
-        model, result, fit_seconds = train_and_test(model, texts, data.labels, data.split, valid, data.classes)
+        fitted = train_and_test(model, texts, data.labels, data.split, valid, data.classes, head_name=name, seed=seed, calibrate=calibrate,
+                                prior=prior, full_counts=data.full_train_counts)
+        model, result = fitted.head, fitted.test
         bundle = TfidfBundle(
             model, data.classes, metrics=result.to_dict(),
             manifest={"seed": seed, "data_fingerprint": fingerprint, "store_key": None, "data_source": data.source},
+            calibration=fitted.calibration,
         )
         runs.append(
             ProbeRun(
                 backbone=name, head=head_name, image_size=0, layer=bundle.layer, pool=bundle.pool, test=result,
-                extract_seconds=0.0, fit_seconds=fit_seconds, store_hit=False, store_key=None, bundle=bundle,
-                test_predictions=_test_rows(texts, data.labels, data.split, valid, data.classes, model),
+                extract_seconds=0.0, fit_seconds=fitted.fit_seconds, store_hit=False, store_key=None, bundle=bundle,
+                test_predictions=_test_rows(texts, data.labels, data.split, valid, data.classes, model, fitted.calibration),
+                calibration=fitted.record,
             )
         )
     return runs, skips, item_skips

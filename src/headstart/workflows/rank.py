@@ -188,7 +188,8 @@ def rank_backbones(
         logits, logits_reason = (None, None)
         if "leep" in names:
             logits, logits_reason = source_logits(backbone, layer, X)
-        values, reasons, seconds = compute_rank_scores(names, X, labels, logits, logits_reason, seed)
+        details: dict[str, np.ndarray] = {}
+        values, reasons, seconds = compute_rank_scores(names, X, labels, logits, logits_reason, seed, details)
 
         row = RankRow(
             candidate=str(Candidate(candidate.backbone, None if layer == backbone.spec.default_layer else layer, size)),
@@ -206,6 +207,7 @@ def rank_backbones(
             n_samples=len(labels),
             weights_sha256=backbone.spec.sha256,
             store_key=features.key,
+            ridge_correct=details.get("ridge") if len(labels) == len(rows_index) else None,
         )
         if cost and data.modality == "image":
             cost_started = time.perf_counter()

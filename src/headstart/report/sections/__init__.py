@@ -8,6 +8,7 @@ a function here and one entry in :data:`BUILDERS`.
 from __future__ import annotations
 
 from headstart.report.html import Section
+from headstart.report.sections.calibration import calibration_section
 from headstart.report.sections.curves import curves_section
 from headstart.report.sections.evaluation import confusion_section, per_class_section, reliability_section
 from headstart.report.sections.manifest import manifest_section
@@ -26,6 +27,7 @@ BUILDERS = (
     confusion_section,
     per_class_section,
     reliability_section,
+    calibration_section,
     wrong_section,
     grid_section,
     manifest_section,

@@ -7,7 +7,7 @@ from headstart.runs import RunFiles, as_number
 from headstart.runs.schema import PROBE_ACCURACY, PROBE_COLUMNS
 
 PROBE_HEADERS = {"image_size": "px", "test/accuracy": "accuracy", "test/balanced_accuracy": "balanced acc.", "test/macro_f1": "macro F1",
-                 "test/ece": "ECE", "extract_s": "extract s", "fit_s": "fit s", "store_hit": "store hit"}
+                 "test/ece": "ECE", "temperature": "T", "extract_s": "extract s", "fit_s": "fit s", "store_hit": "store hit"}
 
 
 def probe_section(run: RunFiles) -> Section | None:

@@ -13,6 +13,7 @@ softmax) for the same samples.
 | name | paper | range | needs source logits |
 |---|---|---|---|
 | ``logme`` | You et al., ICML 2021 | any real (mean log evidence per sample) | no |
+| ``ridge`` | closed-form leave-one-out ridge regression (this package) | [0, 1] (accuracy) | no |
 | ``leep`` | Nguyen et al., ICML 2020 | (-inf, 0] | yes |
 | ``nleep`` | Li et al., CVPR 2021 | (-inf, 0] | no (a Gaussian mixture stands in) |
 | ``nce`` | Tran et al., ICCV 2019 | [-log(n_classes), 0] | no (uses them when given) |
@@ -25,6 +26,7 @@ A score that cannot be computed from the inputs raises :class:`ScoreUndefined` w
 score never hides the others.
 
 One module per family: :mod:`~headstart.select.scores.linear_evidence` (LogME),
+:mod:`~headstart.select.scores.ridge` (leave-one-out ridge accuracy),
 :mod:`~headstart.select.scores.label_entropy` (LEEP, N-LEEP, NCE),
 :mod:`~headstart.select.scores.class_separation` (H-score, SFDA); the shared input checks are in
 :mod:`~headstart.select.scores.common`, the registry and :func:`compute_scores` in
@@ -37,10 +39,12 @@ from headstart.select.scores.class_separation import hscore, hscore_shrinkage, s
 from headstart.select.scores.common import ScoreUndefined, UnknownScoreError
 from headstart.select.scores.label_entropy import leep, nce, nleep
 from headstart.select.scores.linear_evidence import logme
+from headstart.select.scores.ridge import RidgeLoo, ridge, ridge_loo
 from headstart.select.scores.registry import SCORES, compute_scores, score_needs_source_logits
 
 __all__ = [
     "SCORES",
+    "RidgeLoo",
     "ScoreUndefined",
     "UnknownScoreError",
     "compute_scores",
@@ -50,6 +54,8 @@ __all__ = [
     "logme",
     "nce",
     "nleep",
+    "ridge",
+    "ridge_loo",
     "score_needs_source_logits",
     "sfda",
 ]

@@ -19,12 +19,14 @@ from headstart.select.scores.common import (
 )
 from headstart.select.scores.label_entropy import leep, nce, nleep
 from headstart.select.scores.linear_evidence import logme
+from headstart.select.scores.ridge import ridge
 
 __all__ = ["SCORES", "compute_scores", "score_needs_source_logits"]
 
 
 SCORES: dict[str, Callable[..., float]] = {
     "logme": logme,
+    "ridge": ridge,
     "leep": leep,
     "nleep": nleep,
     "nce": nce,
