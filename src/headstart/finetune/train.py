@@ -85,7 +85,7 @@ def finetune(
             "Fine-tuning: BatchNorm and EMA" of benchmarks/RESULTS.md).
         patience: Stop after this many epochs without a better validation accuracy; None never stops early.
         keep_within: The kept-epoch rule: keep the latest epoch whose validation accuracy is within
-            this many binomial standard errors of the best one (1.0 by default, chosen in
+            this many binomial standard errors of the best one (1.0 by default; measured in
             ``benchmarks/finetune_curves.py``); 0 keeps the epoch with the best validation accuracy.
         val_fraction: Share of each class held out for validation when the data has no ``val`` split.
         crop_scale: Area range of the random resized crop.
