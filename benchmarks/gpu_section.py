@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-HEADING = "## GPU extraction (`benchmarks/gpu_section.py`, from `benchmarks/gpu_extract.py` runs)"
+HEADING = "## GPU extraction (`benchmarks/gpu_section.py`)"
 COMMAND = "bash benchmarks/gpu_run.sh"
 
 
