@@ -28,14 +28,13 @@ from headstart.commands.common import (
     Quiet,
     Seed,
     TextColumn,
+    TrustRemoteCode,
     print_json,
     store_from,
     table,
 )
 from headstart.errors import HeadstartError
 
-# Options of the commands that read data or load backbones (text data and hf:/st: encoders).
-TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Let hf:/st: model folders run the code they ship (off by default; read it first).")]
 
 app = typer.Typer(
     name="headstart",
@@ -53,6 +52,7 @@ COMMAND_MODULES = (
     "headstart.commands.finetune",
     "headstart.commands.tasks",
     "headstart.commands.report",
+    "headstart.commands.export",
 )
 
 @app.command()
@@ -176,7 +176,7 @@ def probe_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    bundle: Annotated[Path, typer.Argument(help="A bundle folder, or the --out folder of a probe, finetune, detect or segment run (its best bundle).")],
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder, the --out folder of a probe, finetune, detect or segment run (its best bundle), or a model.onnx from headstart export.")],
     inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files or folders of images; for a text bundle, the texts themselves. - reads one per line from stdin.")] = None,
     file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Read inputs from a file: one per line, or a .csv/.tsv/.jsonl column (--text-column).")] = None,
     text_column: Annotated[str, typer.Option("--text-column", help="Column holding the text when --file is a .csv/.tsv/.jsonl table.")] = "text",
@@ -188,7 +188,8 @@ def predict_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for predictions.json and, for detection and segmentation bundles, images with boxes drawn or masks and overlays.")] = None,
 ) -> None:
     """Predict with a saved bundle (classification, detection or segmentation); unreadable inputs are reported and skipped."""
-    from headstart.bundles import load_bundle, locate_bundle
+    from headstart.bundles import locate_bundle
+    from headstart.bundles.onnx_model import load_predictor
     from headstart.data.dataset import IMAGE_EXTENSIONS
     from headstart.data.text_sources import read_texts
     from headstart.io import check_out_dir
@@ -199,7 +200,7 @@ def predict_cmd(
         from headstart.console import err_console
 
         err_console.print(f"using bundle {bundle} (the run's best)", markup=False, highlight=False, soft_wrap=True)
-    model = load_bundle(bundle, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript)
+    model = load_predictor(bundle, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript)
     is_text = model.spec.modality == "text"
     given: list[str] = []
     skipped_lines: list[tuple[str, str]] = []

@@ -18,4 +18,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-__all__ = ["package_versions"]
+def headstart_version() -> str:
+    """This headstart's version, as installed (the same as ``headstart.__version__``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("headstart")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+__all__ = ["headstart_version", "package_versions"]

@@ -250,6 +250,16 @@ class Bundle:
 
         return lora_settings(self._backbone.model)
 
+    @property
+    def has_adapters(self) -> bool:
+        """Whether the backbone carries LoRA adapters (saved apart from its weights)."""
+        return self._adapter_settings() is not None
+
+    @property
+    def finetuned_sha256(self) -> str | None:
+        """The sha256 of ``backbone.safetensors`` for a fine-tuned bundle loaded from disk, else None."""
+        return self._finetuned_sha if self.finetuned else None
+
     def merge_adapters(self) -> int:
         """Fold LoRA adapters into the backbone's weights (for export); return how many layers were merged.
 

@@ -30,6 +30,7 @@ Calibrate = Annotated[
     bool,
     typer.Option("--calibrate/--no-calibrate", help="Fit a temperature on held-out predictions and save it in the bundle (it never changes the predicted class)."),
 ]
+TrustRemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Let hf:/st: model folders run the code they ship (off by default; read it first).")]
 AllowTorchScript = Annotated[
     bool, typer.Option("--allow-torchscript", help="Let a file: TorchScript backbone load; it runs the code it holds (off by default).")
 ]

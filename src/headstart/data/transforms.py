@@ -41,14 +41,18 @@ def decode_file(path: str, spec: BackboneSpec) -> Image.Image:
 
 def preprocess_pil(image: Image.Image, spec: BackboneSpec) -> torch.Tensor:
     """One PIL image to a normalised (3, S, S) float tensor."""
+    return normalize_uint8(pil_to_uint8(image, spec)[None], spec)[0]
+
+
+def pil_to_uint8(image: Image.Image, spec: BackboneSpec) -> torch.Tensor:
+    """One PIL image resized and centre-cropped as the spec says: a uint8 (3, S, S) tensor, not normalised."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
     image = image.convert("RGB")
     image = TF.resize(image, resize_size(spec, min(image.size)), interpolation=InterpolationMode(spec.interpolation), antialias=True)
     image = TF.center_crop(image, spec.input_size)
-    tensor = TF.pil_to_tensor(image)
-    return normalize_uint8(tensor[None], spec)[0]
+    return TF.pil_to_tensor(image)
 
 
 def normalize_uint8(batch: torch.Tensor, spec: BackboneSpec) -> torch.Tensor:

@@ -21,7 +21,7 @@ METRICS = ("cosine", "l2")
 
 # Added to distances before inverting them into vote weights, so that an exact duplicate of a
 # training example (distance 0) gets a very large but finite weight.
-_DISTANCE_EPS = 1e-9
+DISTANCE_EPS = 1e-9
 
 
 class KNNProbe(HeadBase):
@@ -221,7 +221,7 @@ def vote_tallies(distances: np.ndarray, labels: np.ndarray, n_classes: int, ks: 
     Returns:
         ``{k: votes of shape (n, n_classes)}``.
     """
-    weights = 1.0 / (distances + _DISTANCE_EPS)
+    weights = 1.0 / (distances + DISTANCE_EPS)
     rows = np.arange(len(distances))
     votes = np.zeros((len(distances), n_classes))
     tallies = {}
