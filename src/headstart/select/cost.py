@@ -199,8 +199,8 @@ def measure_cost(
     """Measure what ``backbone`` costs up to ``layer`` at ``image_size`` on this machine.
 
     MACs, parameters and peak memory come from one pass on the meta device (no computation; a
-    real pass for TorchScript models). On a CUDA device, peak memory is measured on the device
-    during the first timed pass instead. Images/s is the best of up to ``max_repeats`` timed
+    real pass for TorchScript models; ONNX shape inference for ``onnx:`` models). On a CUDA
+    device, peak memory is measured on the device during the first timed pass instead. Images/s is the best of up to ``max_repeats`` timed
     passes, after one warm-up pass unless ``warm``.
 
     Args:
@@ -233,7 +233,12 @@ def measure_cost(
             return model.features(batch, layer_name, pool)
 
     with torch.inference_mode():
-        if isinstance(model.model, torch.jit.ScriptModule):
+        static_cost = getattr(model.model, "static_cost", None)  # a network run outside torch (onnx:) counts its own graph
+        if static_cost is not None:
+            flops, params, weight_bytes, activation_peak = static_cost(batch_size, size, None if layer_name == model.spec.default_layer else layer_name)
+            if not warm:
+                forward()
+        elif isinstance(model.model, torch.jit.ScriptModule):
             flops, params, weight_bytes, activation_peak = measure_by_running(model, forward, dev)
             warm = True
         else:
