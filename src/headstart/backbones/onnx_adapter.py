@@ -14,7 +14,8 @@ feature maps are taken to be NHWC too. The graph's other outputs are the backbon
 onnxruntime runs on the CPU (``CPUExecutionProvider``) with ``torch.get_num_threads()`` threads. An
 ONNX model cannot be fine-tuned here: :data:`FINETUNE_REFUSAL` says what to do instead. The
 file's sha256 is the spec's ``sha256``; a recorded one (``expected_sha256``) is checked before the
-file is read. :func:`export_trunk` writes a backbone's pooled features as such a file.
+file is read. It covers the .onnx file only, so keep the weights inside it (a model over 2 GB
+needs an external data file, which the hash does not cover). :func:`export_trunk` writes a backbone's pooled features as such a file.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ FINETUNE_REFUSAL = (
     "--allow-torchscript (docs/tensorflow.md)."
 )
 OPSET = 18
+_FLOAT_TYPES = (1, 10, 11, 16)  # onnx TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 def _runtime():
@@ -111,8 +113,9 @@ class OnnxRuntimeNetwork(nn.Module):
     def static_cost(self, batch_size: int, size: int, layer: str | None) -> tuple[int, int, int, int]:
         """FLOPs, parameters, weight bytes and peak activation bytes of the graph up to ``layer``, from ONNX shape inference.
 
-        FLOPs count Conv, Gemm and MatMul (2 per multiply-add); the activation peak is the largest
-        sum of one node's float32 inputs and outputs. Unknown shapes count as zero.
+        FLOPs count Conv, Gemm and MatMul (2 per multiply-add); parameters are the floating-point
+        initializers (not shape constants); the activation peak is the largest sum of one node's
+        float32 inputs and outputs. Unknown shapes count as zero.
         """
         onnx = require("onnx", "onnx")
         model = onnx.load(str(self.path), load_external_data=False)
@@ -143,7 +146,7 @@ class OnnxRuntimeNetwork(nn.Module):
                 flops += 2 * math.prod(out or [0]) * math.prod(shapes.get(node.input[1], [0])[1:])
             elif node.op_type in ("Gemm", "MatMul"):
                 flops += 2 * math.prod(out or [0]) * (shapes.get(node.input[0], [0]) or [0])[-1]
-            used.update(name for name in node.input if name in weights)
+            used.update(name for name in node.input if name in weights and weights[name].data_type in _FLOAT_TYPES)
             activations = [name for name in [*node.input, *node.output] if name and name not in weights]
             peak = max(peak, 4 * sum(math.prod(shapes.get(name, [0]) or [0]) for name in activations))
         params = sum(math.prod(weights[name].dims) for name in used)
