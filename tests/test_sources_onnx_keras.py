@@ -216,7 +216,13 @@ def test_probe_and_extract_cli_on_an_onnx_backbone(onnx_model, tmp_path, monkeyp
     assert code == 0, err
     report = json.loads(out)
     assert report["runs"][0]["backbone"] == f"onnx:{path.resolve()}" and 0 <= report["runs"][0]["test/accuracy"] <= 1
-    code, out, err = _run_cli(["extract", "builtin:animal-mnist", "-b", f"onnx:{path}", "--layer", "stage1", "--json", "--quiet"], monkeypatch, capsys)
+    from headstart.bundles import load_bundle
+
+    bundle = load_bundle(report["runs"][0]["bundle"])  # reloads onnx:PATH against the recorded sha256
+    items = load_data("builtin:animal-mnist", per_class=5, seed=0).items[:4]
+    assert bundle.predict_proba(list(items)).shape == (4, 10)
+    np.savez(tmp_path / "d.npz", x=_squares()[0], y=_squares()[1])
+    code, out, err = _run_cli(["extract", str(tmp_path / "d.npz"), "-b", f"onnx:{path}", "--layer", "stage1", "--json", "--quiet"], monkeypatch, capsys)
     assert code == 0, err
     assert json.loads(out)["shape"][1] == 8
 
@@ -300,6 +306,16 @@ def test_keras_backbone_is_a_torch_module_with_keras_layer_names(keras_model):
     assert any("moving_mean" in key for key in backbone.model.state_dict())
 
 
+def test_keras_cost_counts_its_variables_and_convolutions(keras_model):
+    from headstart.select.cost import measure_cost
+
+    path, _ = keras_model
+    cost = measure_cost(load_backbone(f"keras:{path}"), batch_size=2, device="cpu", max_repeats=1, min_seconds=0)
+    conv1, bn1, conv2 = 3 * 9 * 8 + 8, 4 * 8, 8 * 9 * 16 + 16  # the Dense classifier is set aside
+    assert cost.params == conv1 + bn1 + conv2
+    assert cost.macs == SIZE * SIZE * 8 * 27 + (SIZE // 2) ** 2 * 16 * 72
+
+
 def test_keras_backbone_fine_tunes_and_its_bundle_predicts_like_the_model(keras_model, tmp_path):
     from headstart.bundles import load_bundle
     from headstart.finetune import finetune
@@ -330,7 +346,13 @@ def test_keras_problems_are_one_line(keras_model, tmp_path, monkeypatch, capsys)
     bare.write_bytes(path.read_bytes())
     line = _one_error_line(*_run_cli(["extract", "builtin:animal-mnist", "-b", f"keras:{bare}"], monkeypatch, capsys)[::2])
     assert "sidecar" in line and "bare.json" in line
-    with pytest.raises(WeightsMismatchError):
+    from headstart.backbones.keras_adapter import import_keras
+
+    def never(*args, **kwargs):
+        raise AssertionError("the file was read")
+
+    monkeypatch.setattr(import_keras().saving, "load_model", never)
+    with pytest.raises(WeightsMismatchError, match="was recorded"):
         load_backbone(f"keras:{path}", expected_sha256="0" * 64)
     fake = types.SimpleNamespace(backend=types.SimpleNamespace(backend=lambda: "jax"))
     monkeypatch.setitem(sys.modules, "keras", fake)

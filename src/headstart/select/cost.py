@@ -176,7 +176,13 @@ def measure_by_running(backbone: Backbone, forward, dev: torch.device) -> tuple[
 
 
 def _used_weights(modules: list[torch.nn.Module]) -> tuple[int, int]:
-    """Parameter count and bytes of parameters and buffers owned directly by ``modules``."""
+    """Parameter count and bytes of parameters and buffers owned directly by ``modules``.
+
+    A ParameterDict or ParameterList child never runs itself; its tensors belong to the module that
+    holds it (a Keras model keeps all its variables in one).
+    """
+    containers = (torch.nn.ParameterDict, torch.nn.ParameterList)
+    modules = [*modules, *(child for module in modules for child in module.children() if isinstance(child, containers))]
     params = sum(p.numel() for module in modules for p in module.parameters(recurse=False))
     weight_bytes = sum(
         t.numel() * t.element_size() for module in modules for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
