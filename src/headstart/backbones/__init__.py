@@ -2,7 +2,10 @@
 
 from headstart.backbones.file_adapter import save_backbone
 from headstart.backbones.module import POOLS, Backbone
-from headstart.backbones.registry import BackboneInfo, list_backbones, load_backbone
+from headstart.backbones.registry import BackboneInfo, NotTrainableError, check_trainable, list_backbones, load_backbone
 from headstart.backbones.spec import BackboneSpec
 
-__all__ = ["POOLS", "Backbone", "BackboneInfo", "BackboneSpec", "list_backbones", "load_backbone", "save_backbone"]
+__all__ = [
+    "POOLS", "Backbone", "BackboneInfo", "BackboneSpec", "NotTrainableError", "check_trainable", "list_backbones", "load_backbone",
+    "save_backbone",
+]

@@ -29,7 +29,7 @@ from headstart.backbones.packaged import check_expected_sha256
 from headstart.backbones.spec import BackboneSpec
 from headstart.errors import DataError, UnknownBackboneError, WeightsUnavailableError
 
-_PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
+PREPROCESSING_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 SUPPORTS_TORCHSCRIPT = True
 
 
@@ -45,19 +45,56 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
-def _read_sidecar(path: Path, required: bool) -> dict:
+def read_sidecar(path: Path, required: bool, missing: str | None = None) -> dict:
+    """The sidecar spec of ``path`` as a dict ({} when it is absent and not required).
+
+    Args:
+        path: The model file; its sidecar is :func:`sidecar_path`.
+        required: Raise when the sidecar is absent.
+        missing: The message for an absent sidecar (the default names ``file:`` and ``arch``).
+
+    Raises:
+        WeightsUnavailableError: The sidecar is required and absent.
+        DataError: The sidecar is not valid JSON, not an object, or its preprocessing values are malformed.
+    """
     side = sidecar_path(path)
     if not side.is_file():
         if required:
             raise WeightsUnavailableError(
-                f"file:{path} has no sidecar spec {side}. Write one naming the architecture, for example "
+                missing
+                or f"file:{path} has no sidecar spec {side}. Write one naming the architecture, for example "
                 '{"arch": "tv:mobilenet_v2", "input_size": 224}, or save it with headstart.backbones.save_backbone.'
             )
         return {}
     try:
-        return json.loads(side.read_text())
+        data = json.loads(side.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"Sidecar spec {side} is not valid JSON ({exc}). Fix the file or delete it.") from None
+    if not isinstance(data, dict):
+        raise DataError(f"Sidecar spec {side} must hold a JSON object such as {{\"input_size\": 224}}, not {type(data).__name__}.")
+    _check_preprocessing(data, side)
+    return data
+
+
+def _check_preprocessing(side: dict, where: Path) -> None:
+    checks = {
+        "input_size": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "mean": lambda v: isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v),
+        "std": lambda v: isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and x > 0 for x in v),
+        "interpolation": lambda v: v in ("bilinear", "bicubic"),
+        "crop_pct": lambda v: isinstance(v, (int, float)) and 0 < v <= 1,
+    }
+    for key, ok in checks.items():
+        if key in side and not ok(side[key]):
+            raise DataError(
+                f"Sidecar spec {where}: {key}={side[key]!r} is not valid; expected input_size a positive int, mean and std "
+                "three numbers (std > 0), interpolation bilinear or bicubic, crop_pct in (0, 1]."
+            )
+
+
+def preprocessing_overrides(side: dict) -> dict:
+    """The sidecar's preprocessing settings (input_size, mean, std, interpolation, crop_pct) as BackboneSpec fields."""
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in side.items() if k in PREPROCESSING_KEYS}
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -132,7 +169,7 @@ def load(name: str, pretrained: bool = True, *, allow_torchscript: bool = False,
                 "unless asked. If you trust where it came from, pass --allow-torchscript (Python: allow_torchscript=True); "
                 "or save a state dict or .safetensors file with a sidecar spec instead."
             )
-        side = _read_sidecar(path, required=False)
+        side = read_sidecar(path, required=False)
         model = torch.jit.load(str(path), map_location="cpu").eval()
         spec = BackboneSpec(
             name=f"file:{path}",
@@ -141,11 +178,11 @@ def load(name: str, pretrained: bool = True, *, allow_torchscript: bool = False,
             weights_id=path.name,
             sha256=sha256,
             feature_dim=int(side.get("feature_dim", 0)),
-            **{k: (tuple(v) if isinstance(v, list) else v) for k, v in side.items() if k in _PREPROCESSING_KEYS},
+            **preprocessing_overrides(side),
         )
         return Backbone(model, spec, None)
 
-    side = _read_sidecar(path, required=True)
+    side = read_sidecar(path, required=True)
     if "arch" not in side:
         raise WeightsUnavailableError(f"Sidecar {sidecar_path(path)} has no 'arch' key; add one such as \"tv:mobilenet_v2\".")
     model, adapter = _build_arch(side["arch"], side.get("num_classes"))
@@ -166,7 +203,7 @@ def load(name: str, pretrained: bool = True, *, allow_torchscript: bool = False,
         weights_id=path.name if pretrained else "random",
         sha256=sha256 if pretrained else "random-init:unseeded",
     )
-    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in side.items() if k in _PREPROCESSING_KEYS}
+    overrides = preprocessing_overrides(side)
     backbone.spec = dataclasses.replace(
         backbone.spec, source="file", extra={"arch_source": side["arch"].split(":", 1)[0]}, **overrides
     )

@@ -3,7 +3,8 @@
 Prefixes: ``tv:`` (torchvision), ``timm:`` (timm), ``hf:`` (Hugging Face transformers models:
 vision models, and text encoders with their tokenizer), ``st:`` (sentence-transformers text
 encoders, with their own pooling and normalisation), ``file:`` (a local state dict, safetensors or
-TorchScript file with a sidecar JSON spec).
+TorchScript file with a sidecar JSON spec), ``onnx:`` (an ONNX model run by onnxruntime) and
+``keras:`` (a Keras 3 model run with the torch backend), both with a sidecar JSON spec.
 A ``@random`` suffix gives the same architecture with a seeded random initialisation, the control
 that shows what pretraining is worth.
 """
@@ -23,6 +24,8 @@ _ADAPTERS = {
     "hf": "headstart.backbones.hf_adapter",
     "file": "headstart.backbones.file_adapter",
     "st": "headstart.backbones.text_adapter",
+    "onnx": "headstart.backbones.onnx_adapter",
+    "keras": "headstart.backbones.keras_adapter",
 }
 RANDOM_SUFFIX = "@random"
 
@@ -39,8 +42,8 @@ def _adapter(name: str):
         raise UnknownBackboneError(
             f"Backbone name {name!r} has no known source prefix. Use one of "
             f"{', '.join(p + ':' for p in _ADAPTERS)}, for example tv:mobilenet_v2.IMAGENET1K_V1, "
-            "timm:tf_efficientnet_lite0, hf:google/vit-base-patch16-224, st:sentence-transformers/all-MiniLM-L6-v2 "
-            "or file:./model.safetensors."
+            "timm:tf_efficientnet_lite0, hf:google/vit-base-patch16-224, st:sentence-transformers/all-MiniLM-L6-v2, "
+            "file:./model.safetensors, onnx:./model.onnx or keras:./model.keras."
         )
     return importlib.import_module(_ADAPTERS[prefix])
 
@@ -57,6 +60,31 @@ def allows_remote_code(name: str) -> bool:
     name = name.strip()
     base = name[: -len(RANDOM_SUFFIX)] if name.endswith(RANDOM_SUFFIX) else name
     return bool(getattr(_adapter(base), "SUPPORTS_REMOTE_CODE", False))
+
+
+class NotTrainableError(HeadstartError):
+    """A backbone that headstart can extract features from but cannot fine-tune (``onnx:``)."""
+
+
+def check_trainable(backbone: str | Backbone) -> None:
+    """Refuse, before any work, a backbone whose source cannot be fine-tuned.
+
+    Args:
+        backbone: A prefixed name or a loaded :class:`Backbone`.
+
+    Raises:
+        NotTrainableError: The source cannot be trained (its adapter's ``FINETUNE_REFUSAL`` says why).
+        UnknownBackboneError: The name has no known source prefix.
+    """
+    if isinstance(backbone, Backbone):
+        name, source = backbone.spec.name, backbone.spec.source
+        adapter = importlib.import_module(_ADAPTERS[source]) if source in _ADAPTERS else None
+    else:
+        name = backbone.strip()
+        adapter = _adapter(name[: -len(RANDOM_SUFFIX)] if name.endswith(RANDOM_SUFFIX) else name)
+    refusal = getattr(adapter, "FINETUNE_REFUSAL", None)
+    if refusal:
+        raise NotTrainableError(refusal.format(name=name))
 
 
 def load_backbone(

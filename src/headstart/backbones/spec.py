@@ -14,7 +14,7 @@ class BackboneSpec:
 
     Attributes:
         name: The full prefixed name, for example ``tv:mobilenet_v2.IMAGENET1K_V1``.
-        source: One of ``tv``, ``timm``, ``hf``, ``file``.
+        source: One of ``tv``, ``timm``, ``hf``, ``st``, ``file``, ``onnx``, ``keras``.
         arch: The architecture name inside that source, for example ``mobilenet_v2``.
         weights_id: The weights' identifier (``IMAGENET1K_V1``, a timm tag, a file name) or
             ``random`` for a seeded random initialisation.
@@ -68,13 +68,14 @@ class BackboneSpec:
     def preprocessing(self) -> dict[str, Any]:
         """The settings that change what a backbone sees (part of every store key).
 
-        For images: size, normalisation, interpolation and crop. For text: the tokenizer, max
+        For images: size, normalisation, interpolation and crop (and, for ``onnx:`` and ``keras:``
+        models, ``extra["model_io"]``: the input layout and the output taken as features). For text: the tokenizer, max
         length, pooling and normalisation recorded in ``extra``.
         """
         if self.modality == "text":
             keys = ("tokenizer_sha256", "max_length", "lowercase", "pooling", "normalize")
             return {"text": {key: self.extra.get(key) for key in keys}}
-        return {
+        settings = {
             "input_size": self.input_size,
             "mean": list(self.mean),
             "std": list(self.std),
@@ -82,6 +83,9 @@ class BackboneSpec:
             "crop_pct": self.crop_pct,
             "small_images": "upscale-without-crop",
         }
+        if self.extra.get("model_io"):  # onnx: and keras: sources: input layout and which output is the features
+            settings["model_io"] = dict(self.extra["model_io"])
+        return settings
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict that :meth:`from_dict` turns back into an equal spec."""

@@ -94,7 +94,9 @@ def finetune_cmd(
             raise HeadstartError("--resume needs the run folder: pass --out DIR of the run to continue.")
         out = Path("runs") / f"finetune-{time.strftime('%Y%m%d-%H%M%S')}"
     if allow_torchscript:
-        from headstart.backbones import load_backbone
+        from headstart.backbones import check_trainable, load_backbone
+
+        check_trainable(backbone)
 
         backbone = load_backbone(backbone, allow_torchscript=True)  # finetune() loads a name without the opt-in
     if text_column is not None or label_column != "label" or encoding is not None:
@@ -155,9 +157,10 @@ def finetune_cmd(
 
 def _explain(backbone: str, strategy, policy, epochs: int, lr, image_size, lora: tuple[int, float, str], allow_torchscript: bool = False) -> None:
     """Print the plan without training (the data is not read); the policy is resolved as ``finetune`` resolves it, LoRA settings included."""
-    from headstart.backbones import load_backbone
+    from headstart.backbones import check_trainable, load_backbone
     from headstart.finetune import DEFAULT_LR, FinetuneModel, resolve_policy
 
+    check_trainable(backbone)
     loaded = load_backbone(backbone, allow_torchscript=allow_torchscript)
     loaded.spec = loaded.spec.with_input_size(image_size)
     rank, alpha, targets = lora

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from headstart import engine
-from headstart.backbones import Backbone
+from headstart.backbones import Backbone, check_trainable
 from headstart.data.augment import AugmentConfig
 from headstart.data.dataset import Dataset
 from headstart.engine.keep import KEEP_WITHIN
@@ -120,6 +120,7 @@ def finetune(
         A :class:`FinetuneResult`; ``result.bundle`` predicts like any bundle.
 
     Raises:
+        NotTrainableError: The backbone's source cannot be fine-tuned (``onnx:``).
         PolicyError: The policy does not fit the model (a pattern that matches nothing, nothing trainable).
         TrainingDivergedError: The loss became NaN or infinite (the last good checkpoint is kept).
         OutOfMemoryError: The GPU ran out of memory (the message suggests a batch size).
@@ -127,6 +128,7 @@ def finetune(
         CheckpointError: ``resume`` without a checkpoint, or with different settings.
     """
     config = engine.TrainConfig.from_options(dict(locals()), nesterov=True)
+    check_trainable(backbone)  # an onnx: backbone says so here, before any data or weights are read
     if not 0 <= label_smoothing < 1:
         raise OptionError(f"--label-smoothing must be in [0, 1), got {label_smoothing!r}.")
     if prior not in PRIORS:

@@ -176,7 +176,13 @@ def measure_by_running(backbone: Backbone, forward, dev: torch.device) -> tuple[
 
 
 def _used_weights(modules: list[torch.nn.Module]) -> tuple[int, int]:
-    """Parameter count and bytes of parameters and buffers owned directly by ``modules``."""
+    """Parameter count and bytes of parameters and buffers owned directly by ``modules``.
+
+    A ParameterDict or ParameterList child never runs itself; its tensors belong to the module that
+    holds it (a Keras model keeps all its variables in one).
+    """
+    containers = (torch.nn.ParameterDict, torch.nn.ParameterList)
+    modules = [*modules, *(child for module in modules for child in module.children() if isinstance(child, containers))]
     params = sum(p.numel() for module in modules for p in module.parameters(recurse=False))
     weight_bytes = sum(
         t.numel() * t.element_size() for module in modules for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
@@ -199,8 +205,8 @@ def measure_cost(
     """Measure what ``backbone`` costs up to ``layer`` at ``image_size`` on this machine.
 
     MACs, parameters and peak memory come from one pass on the meta device (no computation; a
-    real pass for TorchScript models). On a CUDA device, peak memory is measured on the device
-    during the first timed pass instead. Images/s is the best of up to ``max_repeats`` timed
+    real pass for TorchScript models; ONNX shape inference for ``onnx:`` models). On a CUDA
+    device, peak memory is measured on the device during the first timed pass instead. Images/s is the best of up to ``max_repeats`` timed
     passes, after one warm-up pass unless ``warm``.
 
     Args:
@@ -233,7 +239,12 @@ def measure_cost(
             return model.features(batch, layer_name, pool)
 
     with torch.inference_mode():
-        if isinstance(model.model, torch.jit.ScriptModule):
+        static_cost = getattr(model.model, "static_cost", None)  # a network run outside torch (onnx:) counts its own graph
+        if static_cost is not None:
+            flops, params, weight_bytes, activation_peak = static_cost(batch_size, size, None if layer_name == model.spec.default_layer else layer_name)
+            if not warm:
+                forward()
+        elif isinstance(model.model, torch.jit.ScriptModule):
             flops, params, weight_bytes, activation_peak = measure_by_running(model, forward, dev)
             warm = True
         else:

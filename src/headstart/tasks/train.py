@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart import engine
-from headstart.backbones import Backbone
+from headstart.backbones import Backbone, check_trainable
 from headstart.data.scenes import SceneSet
 from headstart.engine.policy import FinetunePolicy
 from headstart.errors import OptionError
@@ -147,6 +147,7 @@ def _train(task: str, build, options: dict[str, Any], extra: dict[str, Any]) -> 
     """Map the public function's arguments (``options``) onto the engine's config and the task's adapter, and run."""
     if options["lr"] is None:
         raise OptionError("--lr must be a positive number, got None.")
+    check_trainable(options["backbone"])  # an onnx: backbone cannot train: say so before any work
     config = engine.TrainConfig.from_options(options, nesterov=False)
     adapter = SceneAdapter(task, options["data"], options["backbone"], build, image_size=options["image_size"],
                            trainable_stages=options["trainable_stages"], extra=extra)
