@@ -190,6 +190,15 @@ def inputs(tmp_path_factory) -> dict[str, Case]:
 
     # -- bundles and predict
     cases["predict without a bundle"] = Case(["predict", str(root / "empty"), str(npz)], 2, ["bundle"])
+    cases["export without a bundle"] = Case(["export", str(root / "empty")], 2, ["bundle"])
+    cases["export to an unknown format"] = Case(["export", str(root / "empty"), "--format", "tflite"], 2, ["onnx, pt2"])
+    tfidf = root / "tfidf-bundle"
+    tfidf.mkdir()
+    (tfidf / "bundle.json").write_text(json.dumps({"kind": "tfidf", "format": 1}))
+    cases["export a tf-idf bundle"] = Case(["export", str(tfidf)], 2, ["sk:tfidf", "cannot be exported"])
+    not_onnx = root / "model.onnx"
+    not_onnx.write_bytes(b"\x00 not a model")
+    cases["predict with a file that is not ONNX"] = Case(["predict", str(not_onnx), str(npz)], 2, ["model.onnx", "headstart export"])
     cases["report of a missing folder"] = Case(["report", str(root / "no-run")], 2, ["no-run"])
     cases["cache rm without a key"] = Case(["cache", "rm"], 2, ["--all"])
     cases["detect train on a missing path"] = Case(["detect", "train", str(root / "no-scenes"), *TINY], 2, ["does not exist"])
@@ -268,6 +277,7 @@ CASE_NAMES = [
     "rank without candidates", "unknown backbone", "file backbone that does not exist",
     "pickled file backbone with code in it", "file backbone without its sidecar", "text backbone on images",
     "probe names a bad backbone second", "out is an existing file", "out under a file", "predict without a bundle",
+    "export without a bundle", "export to an unknown format", "export a tf-idf bundle", "predict with a file that is not ONNX",
     "report of a missing folder", "cache rm without a key", "detect train on a missing path",
     "detect train on a broken COCO file", "segment train epochs 0",
 ]

@@ -164,6 +164,24 @@ def check_format_name(format: str) -> str:
     return format
 
 
+def check_exportable(bundle: str | Path) -> Path:
+    """The bundle folder ``bundle`` names, when its kind can be exported (read from bundle.json alone).
+
+    Raises:
+        DataError: It is not a bundle, or an ``sk:tfidf``, detection or segmentation bundle.
+    """
+    folder, _ = locate_bundle(bundle)
+    kind = bundle_kind(read_document(folder, "Give the --out folder of a probe or finetune run, or its bundle/ folder."))
+    if kind == "tfidf":
+        raise DataError(
+            f"{folder} is an sk:tfidf bundle: TF-IDF + logistic regression runs in scikit-learn, not in a neural network graph, "
+            "so it cannot be exported to ONNX or pt2; predict with `headstart predict`, or probe a neural text backbone (st:...) to export."
+        )
+    if kind != "classification":
+        raise DataError(f"{folder} is a {kind} bundle; export supports classification bundles (image and text) only so far.")
+    return folder
+
+
 def require_onnx() -> None:
     """Raise the one-line install hint when onnx, onnxruntime or onnxscript is missing."""
     for module in ("onnx", "onnxruntime", "onnxscript"):
@@ -199,15 +217,7 @@ def export_bundle(bundle: str | Path | Any, out: str | Path | None = None, forma
     if format == "onnx":
         require_onnx()
     if isinstance(bundle, (str, Path)):
-        folder, _ = locate_bundle(bundle)
-        kind = bundle_kind(read_document(folder))
-        if kind == "tfidf":
-            raise DataError(
-                f"{folder} is an sk:tfidf bundle: TF-IDF + logistic regression runs in scikit-learn, not in a neural network graph, "
-                "so it cannot be exported to ONNX or pt2; predict with `headstart predict`, or probe a neural text backbone (st:...) to export."
-            )
-        if kind != "classification":
-            raise DataError(f"{folder} is a {kind} bundle; export supports classification bundles (image and text) only so far.")
+        folder = check_exportable(bundle)
         loaded = load_bundle(folder, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript)
         out = Path(out) if out is not None else default_export_path(folder, format)
     else:

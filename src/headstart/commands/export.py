@@ -23,12 +23,13 @@ def export_cmd(
     json_out: Json = False,
 ) -> None:
     """Export a bundle (images: uint8 pixels in, probabilities out; texts: token ids in) with its calibration, and check it against the bundle."""
-    from headstart.bundles.export import check_format_name, export_bundle, require_onnx
+    from headstart.bundles.export import check_exportable, check_format_name, export_bundle, require_onnx
     from headstart.console import console, err_console
 
     check_format_name(format)
     if format == "onnx":
         require_onnx()
+    check_exportable(bundle)
     err_console.print(f"exporting {bundle} as {format} (capturing the graph takes a few seconds to a minute)", markup=False, highlight=False)
     result = export_bundle(bundle, out, format, opset=opset, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript)
     if json_out:
