@@ -158,7 +158,7 @@ def _finetune_with_test_curve(data, task: dict, store) -> dict:
         def validate(self, model):
             score, val = super().validate(model)
             if task["trace"]:
-                test = evaluate_test(model, self.accelerator, self.batcher, self.data, self.rows[2], self.config.batch_size)
+                test, _ = evaluate_test(model, self.accelerator, self.batcher, self.data, self.rows[2], self.config.batch_size)
                 curve.append(test.accuracy)
             return score, val
 
