@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -306,10 +307,13 @@ def export_trunk(
         network = _LayerTrunk(network, layer, pool).eval()
     dummy = torch.zeros(2, 3, spec.input_size, spec.input_size)
     try:
-        torch.onnx.export(
-            network, (dummy,), str(path), input_names=["images"], output_names=["features"], opset_version=opset,
-            dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
-        )
+        with warnings.catch_warnings():
+            # _LayerTrunk keeps the layer's output in a list during tracing; torch.export warns about it.
+            warnings.filterwarnings("ignore", message="The tensor attribute self.captured")
+            torch.onnx.export(
+                network, (dummy,), str(path), input_names=["images"], output_names=["features"], opset_version=opset,
+                dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
+            )
     except Exception as exc:  # torch.export raises many error types on untraceable code
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise OptionError(f"{spec.name} could not be exported to ONNX ({type(exc).__name__}: {first}).") from None
