@@ -45,7 +45,7 @@ import torch
 from headstart.backbones import Backbone
 from headstart.backbones.packaged import sha256_file
 from headstart.backbones.spec import BackboneSpec
-from headstart.errors import HeadstartError, OptionError, require
+from headstart.errors import CacheError, HeadstartError, OptionError, require
 from headstart.io import atomic_write_json, fsync_dir
 
 RUNTIMES = ("auto", "torch", "onnx")
@@ -186,7 +186,10 @@ def choose(
     if n_items < AUTO_MIN_ITEMS:
         return Choice("torch", "fp32", reason=f"auto: under {AUTO_MIN_ITEMS} items, not timed")
     choice = time_paths(backbone, spec, layer, pool, options, sample(), root, quiet)
-    atomic_write_json(record, {"ident": ident, "runtime": choice.runtime, "precision": choice.precision, "timings": choice.timings})
+    try:
+        atomic_write_json(record, {"ident": ident, "runtime": choice.runtime, "precision": choice.precision, "timings": choice.timings})
+    except OSError:  # an unwritable cache: the choice holds for this run, the next one times again
+        pass
     if not quiet:
         from headstart.console import err_console
 
@@ -292,6 +295,7 @@ def onnx_trunk(backbone: Backbone, spec: BackboneSpec, layer: str, pool: str, ro
 
     Raises:
         OptionError: The network cannot be exported (torch.export fails on it).
+        CacheError: The cache folder cannot be written.
     """
     path = trunk_path(spec, layer, pool, root)
     record_path = path.with_suffix(".json")
@@ -302,8 +306,14 @@ def onnx_trunk(backbone: Backbone, spec: BackboneSpec, layer: str, pool: str, ro
         _say(f"the cached ONNX trunk {path} does not match its recorded sha256; exporting it again.", quiet)
     from headstart.backbones.onnx_adapter import OPSET, export_trunk
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix=".export-"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix=".export-"))
+    except OSError as exc:
+        raise CacheError(
+            f"Cannot write the ONNX trunk cache {path.parent} ({getattr(exc, 'strerror', None) or exc}). "
+            "Set HEADSTART_CACHE to a writable folder, or pass --cache-dir."
+        ) from None
     try:
         _say(f"exporting {spec.name} ({layer}, {spec.input_size} px) to ONNX once: {path}", quiet)
         exported = export_trunk(backbone, scratch / "trunk.onnx", spec.input_size, layer=layer, pool=pool)
@@ -330,7 +340,7 @@ def fused_for_cpu(backbone: Backbone) -> Backbone:
 
     try:
         fused = fuse(copy.deepcopy(backbone.model).eval())
-    except Exception:  # fx raises several error types on untraceable code; run unfused then
+    except Exception:  # noqa: BLE001 - fx raises several error types on untraceable code; run unfused then
         return backbone
     return Backbone(fused.to(memory_format=torch.channels_last), backbone.spec, None).eval()
 
