@@ -15,7 +15,7 @@ onnxruntime runs on the CPU (``CPUExecutionProvider``) with ``torch.get_num_thre
 ONNX model cannot be fine-tuned here: :data:`FINETUNE_REFUSAL` says what to do instead. The
 file's sha256 is the spec's ``sha256``; a recorded one (``expected_sha256``) is checked before the
 file is read. It covers the .onnx file only, so keep the weights inside it (a model over 2 GB
-needs an external data file, which the hash does not cover). :func:`export_trunk` writes a backbone's pooled features as such a file.
+needs an external data file, which the hash does not cover). :func:`export_trunk` writes a backbone's pooled features (or one layer, pooled) as such a file.
 """
 
 from __future__ import annotations
