@@ -9,10 +9,14 @@ fp32, batch 32, ``num_workers=0``, model = ``nn.Sequential(*list(mobilenet_v2.ch
 with the ImageNet weights (the packaged file, checked by sha256), under ``torch.no_grad()``; its
 (N, 1280, 7, 7) maps are mean-pooled to (N, 1280) so that both sides compute the same features.
 
-headstart: ``extract("tv:mobilenet_v2.IMAGENET1K_V1", load_data(folder), store=FeatureStore(tmp))``
-at 224 px, then the same call again (a store hit: the cached re-read). Everything runs in one process,
-on the CPU. The script checks that both sides' features agree, and prints a Markdown table, the
-ratios and the machine.
+headstart: ``extract("tv:mobilenet_v2.IMAGENET1K_V1", load_data(folder), store=FeatureStore(tmp), runtime=...)``
+at 224 px on each path of ``--paths``: ``torch`` (fp32; then the same call again, a store hit: the
+cached re-read), ``bf16`` (torch autocast; only where the CPU has bf16 units), ``onnx`` (the trunk
+exported once, before the timed runs, and run by ONNX Runtime) and ``auto`` (the path
+``--runtime auto`` picks: its decision is made once, before the timed runs, on a 64-image job, and
+reused). The one-off costs (the ONNX export, auto's timing) are reported apart. Everything runs in
+one process, on the CPU. The script checks that every path's features agree with the recipe's, and
+prints a Markdown table, the ratios and the machine.
 
 Usage:
     .venv/bin/python benchmarks/extract.py
@@ -20,6 +24,7 @@ Usage:
     .venv/bin/python benchmarks/extract.py --n 1000 --warmup --repeats 2 --write  # also writes its RESULTS.md section
     .venv/bin/python benchmarks/extract.py --n 200 --workers 1     # quick look; headstart's worker count
     .venv/bin/python benchmarks/extract.py --n 300 --threads 1 --workers 0  # CPU work only, steadier on a busy machine
+    .venv/bin/python benchmarks/extract.py --n 64 --paths torch,onnx     # smoke run
 """
 
 from __future__ import annotations
@@ -41,6 +46,13 @@ HERE = Path(__file__).resolve().parent
 BACKBONE = "tv:mobilenet_v2.IMAGENET1K_V1"
 SIZES = [(500, 375), (375, 500), (500, 333), (500, 400)]
 SECTION = "## Feature extraction on the CPU (`benchmarks/extract.py`)"
+# --paths: name -> (runtime, precision, table label)
+PATHS = {
+    "torch": ("torch", "fp32", "headstart `extract`, torch fp32 (first call, computes and stores)"),
+    "bf16": ("torch", "bf16", "headstart `extract`, torch bf16 autocast"),
+    "onnx": ("onnx", "fp32", "headstart `extract`, ONNX Runtime (trunk exported beforehand)"),
+    "auto": ("auto", None, "headstart `extract`, `--runtime auto`"),
+}
 
 
 def source_photos() -> list[tuple[str, np.ndarray]]:
@@ -153,7 +165,7 @@ def run_recipe(root: Path, model: torch.nn.Module, limit: int | None = None) -> 
     return features, clock.stop()
 
 
-def run_headstart(root: Path, store_dir: Path, workers: int | None, limit: int | None = None):
+def run_headstart(root: Path, store_dir: Path, workers: int | None, limit: int | None = None, runtime: str = "torch", precision: str | None = None):
     """headstart's extract through a store; returns the Features and (wall, CPU) seconds, data listing included."""
     from headstart import FeatureStore, extract, load_data
 
@@ -161,8 +173,32 @@ def run_headstart(root: Path, store_dir: Path, workers: int | None, limit: int |
     data = load_data(root)
     if limit is not None:
         data = data.subset(np.arange(limit))
-    features = extract(BACKBONE, data, store=FeatureStore(store_dir), num_workers=workers, quiet=True)
+    features = extract(BACKBONE, data, store=FeatureStore(store_dir), num_workers=workers, quiet=True, runtime=runtime, precision=precision)
     return features, clock.stop()
+
+
+def prepare(root: Path, store_dir: Path, workers: int | None, name: str) -> tuple[object, float]:
+    """The one-off cost of a path on 64 images: the ONNX export (onnx), or auto's timed decision (auto).
+
+    The trunk and the decision stay under ``store_dir`` for the timed runs; the features do not.
+    """
+    from headstart.features import runtime as runtime_module
+
+    runtime, precision, _ = PATHS[name]
+    floor = runtime_module.AUTO_MIN_ITEMS
+    runtime_module.AUTO_MIN_ITEMS = 1  # decide on a 64-image job; the decision holds for any job size
+    try:
+        features, (seconds, _) = run_headstart(root, store_dir, workers, limit=64, runtime=runtime, precision=precision)
+    finally:
+        runtime_module.AUTO_MIN_ITEMS = floor
+    shutil.rmtree(store_dir / "features", ignore_errors=True)
+    return features, seconds
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Max |difference| and min row cosine similarity of two feature arrays."""
+    cosine = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(np.abs(a - b).max()), float(cosine.min())
 
 
 def machine() -> str:
@@ -187,46 +223,69 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="alternate recipe and headstart this many times; keep the fastest")
     parser.add_argument("--workers", type=int, default=None, help="headstart's DataLoader workers (default: its own choice)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads for both (default: torch's, one per core)")
+    parser.add_argument("--paths", default="torch,bf16,onnx,auto", help="headstart paths to time: torch, bf16, onnx, auto (bf16 only where the CPU has bf16 units)")
     parser.add_argument("--data-dir", type=Path, default=None, help="corpus folder (default benchmarks/_data/jpegs-N)")
     parser.add_argument("--write", action="store_true", help="write the section in benchmarks/RESULTS.md")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    from headstart.features.runtime import cpu_has_bf16, onnx_available
+
+    names = [name.strip() for name in args.paths.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(PATHS))
+    if unknown or "torch" not in names:
+        parser.error(f"--paths takes torch (always) and any of bf16, onnx, auto; got {args.paths!r}")
+    names = [name for name in names if (name != "bf16" or cpu_has_bf16()) and (name not in ("onnx", "auto") or onnx_available())]
 
     root = build_corpus(args.data_dir or HERE / "_data" / f"jpegs-{args.n}", args.n)
-    print(f"corpus: {args.n} JPEGs in {root}", file=sys.stderr)
+    print(f"corpus: {args.n} JPEGs in {root}; paths: {', '.join(names)}", file=sys.stderr)
     load_before = load()
     print(f"load average before: {load_before}", file=sys.stderr)
     model = recipe_model()
     scratch = Path(tempfile.mkdtemp(prefix="headstart-bench-"))
+    shared = scratch / "store"  # the ONNX trunk and auto's decision live here across runs; features are cleared
+    one_off: dict[str, float] = {}
     try:
         if args.warmup:
             run_recipe(root, model, limit=64)
             run_headstart(root, scratch / "warmup", args.workers, limit=64)
-        recipe_times, headstart_times, cached_times = [], [], []
-        for repeat in range(args.repeats):
+        decided = None
+        for name in ("onnx", "auto"):
+            if name in names:
+                prepared, one_off[name] = prepare(root, shared, args.workers, name)
+                decided = prepared.runtime if name == "auto" else decided
+                print(f"one-off {name}: {one_off[name]:.1f} s ({prepared.runtime.label}: {prepared.runtime.reason})", file=sys.stderr)
+        recipe_times: list[tuple[float, float]] = []
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in [*names, "hit"]}
+        results: dict[str, object] = {}
+        for _ in range(args.repeats):
             reference, seconds = run_recipe(root, model)
             recipe_times.append(seconds)
             print(f"recipe: {seconds[0]:.1f} s wall, {seconds[1]:.1f} s CPU", file=sys.stderr)
-            store_dir = scratch / f"store-{repeat}"
-            features, seconds = run_headstart(root, store_dir, args.workers)
-            assert not features.hit
-            headstart_times.append(seconds)
-            print(f"headstart: {seconds[0]:.1f} s wall, {seconds[1]:.1f} s CPU", file=sys.stderr)
-            cached, seconds = run_headstart(root, store_dir, args.workers)
-            assert cached.hit, "the second call must read the store back"
-            cached_times.append(seconds)
+            for name in names:
+                shutil.rmtree(shared / "features", ignore_errors=True)
+                runtime, precision, _ = PATHS[name]
+                features, seconds = run_headstart(root, shared, args.workers, runtime=runtime, precision=precision)
+                assert not features.hit
+                times[name].append(seconds)
+                results[name] = features
+                print(f"headstart {name} ({features.runtime.label}): {seconds[0]:.1f} s wall, {seconds[1]:.1f} s CPU", file=sys.stderr)
+                if name == "torch":
+                    cached, seconds = run_headstart(root, shared, args.workers, runtime="torch")
+                    assert cached.hit, "the second call must read the store back"
+                    times["hit"].append(seconds)
         load_after = load()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
     # Same work on both sides: ImageFolder and load_data list the files in the same order.
+    features = results["torch"]
     assert features.valid.all() and len(features.skipped) == 0
-    difference = np.abs(features.X - reference).max()
-    cosine = np.sum(features.X * reference, axis=1) / (np.linalg.norm(features.X, axis=1) * np.linalg.norm(reference, axis=1))
-    (recipe_s, recipe_cpu), (headstart_s, headstart_cpu), (cached_s, cached_cpu) = (
-        min(times) for times in (recipe_times, headstart_times, cached_times)
-    )
+    difference, cosine = agreement(features.X, reference)
+    recipe_s, recipe_cpu = min(recipe_times)
+    best = {name: min(values) for name, values in times.items()}
+    headstart_s, headstart_cpu = best["torch"]
+    cached_s, cached_cpu = best["hit"]
     n = args.n
     command = " ".join([".venv/bin/python benchmarks/extract.py", *(arg for arg in sys.argv[1:] if arg != "--write")])
     lines = [
@@ -235,23 +294,38 @@ def main() -> None:
         f"Written by `benchmarks/extract.py --write`; this run: `{command}`.",
         "",
     ]
-    lines.append(f"Extraction of {n} JPEGs (about 500x375) with MobileNetV2 (ImageNet) at 224 px, CPU, fp32.")
+    lines.append(f"Extraction of {n} JPEGs (about 500x375) with MobileNetV2 (ImageNet) at 224 px, CPU; the recipe runs fp32.")
     lines.append("")
     lines.append("| pipeline | wall s | images/s | speed-up (wall) | CPU s, all processes | CPU ratio |")
     lines.append("|---|---:|---:|---:|---:|---:|")
     lines.append(f"| recipe: ImageFolder + PIL, batch 32, no workers | {recipe_s:.2f} | {n / recipe_s:.1f} | 1.00x | {recipe_cpu:.1f} | 1.00x |")
-    lines.append(
-        f"| headstart `extract` (first call, computes and stores) | {headstart_s:.2f} | {n / headstart_s:.1f} | "
-        f"{recipe_s / headstart_s:.2f}x | {headstart_cpu:.1f} | {recipe_cpu / headstart_cpu:.2f}x |"
-    )
-    lines.append(
-        f"| headstart `extract` (second call, store hit) | {cached_s:.3f} | {n / cached_s:.0f} | "
-        f"{recipe_s / cached_s:.0f}x | {cached_cpu:.2f} | {recipe_cpu / max(cached_cpu, 1e-9):.0f}x |"
-    )
+    for name in names:
+        wall, cpu = best[name]
+        label = PATHS[name][2] + (f" (chose {results[name].runtime.label})" if name == "auto" else "")
+        lines.append(f"| {label} | {wall:.2f} | {n / wall:.1f} | {recipe_s / wall:.2f}x | {cpu:.1f} | {recipe_cpu / cpu:.2f}x |")
+        if name == "torch":
+            lines.append(
+                f"| headstart `extract` (second call, store hit) | {cached_s:.3f} | {n / cached_s:.0f} | "
+                f"{recipe_s / cached_s:.0f}x | {cached_cpu:.2f} | {recipe_cpu / max(cached_cpu, 1e-9):.0f}x |"
+            )
     lines.append("")
-    lines.append(f"- headstart extraction vs the recipe: **{recipe_s / headstart_s:.2f}x** in wall time (goal: at least 1.5x on 2 cores); {recipe_cpu / headstart_cpu:.2f}x less CPU time")
+    lines.append(f"- headstart torch fp32 vs the recipe: **{recipe_s / headstart_s:.2f}x** in wall time (goal: at least 1.5x on 2 cores); {recipe_cpu / headstart_cpu:.2f}x less CPU time")
+    for name in names[1:]:
+        wall = best[name][0]
+        path_difference, path_cosine = agreement(results[name].X, features.X)
+        goal = " (goal for the chosen path: at least 1.5x torch fp32 and 3.5x the recipe)" if name == "auto" else ""
+        lines.append(
+            f"- {results[name].runtime.label} ({name}): **{headstart_s / wall:.2f}x** torch fp32 and **{recipe_s / wall:.2f}x** the recipe in wall time{goal}; "
+            f"features vs torch fp32: max |difference| {path_difference:.2e}, min cosine {path_cosine:.6f}"
+        )
+    if decided is not None:
+        rates = ", ".join(f"{label} {t['images_per_s']:.0f} img/s (min cosine {t['min_cosine']:.6f})" if "images_per_s" in t else f"{label} skipped" for label, t in decided.timings.items())
+        lines.append(f"- auto's decision, made once on one batch of 64: {rates}; chose {decided.label}")
+    if one_off:
+        lines.append("- one-off costs, not in the table (64 images included): " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in one_off.items())
+                     + " (onnx: the export; auto: its timed decision)")
     lines.append(f"- cached re-read vs headstart extraction: **{headstart_s / cached_s:.0f}x** faster")
-    lines.append(f"- features agree: max |difference| {difference:.2e}, min cosine similarity {cosine.min():.6f}")
+    lines.append(f"- features agree (torch fp32 vs the recipe): max |difference| {difference:.2e}, min cosine similarity {cosine:.6f}")
     lines.append(f"- headstart DataLoader workers: {args.workers if args.workers is not None else 'default'}; repeats: {args.repeats} (fastest kept); warmup: {args.warmup}")
     lines.append(f"- machine: {machine()}")
     lines.append(f"- load average (1/5/15 min) before: {load_before}; after: {load_after}")

@@ -15,9 +15,12 @@ TINY_BACKBONE = "timm:test_efficientnet@random"
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own feature store, so no test sees another's entries."""
+    """Every test gets its own feature store, so no test sees another's entries; extraction pins the torch runtime."""
     root = tmp_path_factory.mktemp("hscache")
     monkeypatch.setenv("HEADSTART_CACHE", str(root))
+    # Extraction runs torch fp32 as before: auto's one-off ONNX export and timing would add seconds
+    # to every test over 1,000 items. tests/test_runtime.py covers auto (it unsets this).
+    monkeypatch.setenv("HEADSTART_RUNTIME", "torch")
     return root
 
 

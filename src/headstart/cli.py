@@ -24,8 +24,10 @@ from headstart.commands.common import (
     LabelColumn,
     Out,
     PerClass,
+    Precision,
     Prior,
     Quiet,
+    Runtime,
     Seed,
     TextColumn,
     TrustRemoteCode,
@@ -92,6 +94,8 @@ def extract_cmd(
     device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, or auto.")] = None,
     decode: Annotated[str, typer.Option("--decode", help="auto, pil or tensor (nvJPEG + batched resize on GPU).")] = "auto",
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the network (pays off on large jobs only).")] = False,
+    runtime: Runtime = None,
+    precision: Precision = None,
     text_column: TextColumn = None,
     label_column: LabelColumn = "label",
     encoding: Encoding = None,
@@ -104,12 +108,15 @@ def extract_cmd(
     """Extract features into the store (or read them back) and print the store key."""
     from headstart.data import load_data
     from headstart.features import extract
+    from headstart.features.runtime import check_runtime
 
+    check_runtime(runtime, precision)
     dataset = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column, encoding=encoding)
     features = extract(
         backbone, dataset, layer=layer, pool=pool, image_size=image_size, batch_size=batch_size,
         num_workers=workers, device=device, decode=decode, compile=compile_model, store=store_from(cache_dir),
         quiet=quiet or json_out, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript,
+        runtime=runtime, precision=precision,
     )
     summary = features.summary()
     summary["skipped_items"] = [{"item": item, "reason": reason} for item, reason in features.skipped]
@@ -142,6 +149,8 @@ def probe_cmd(
     encoding: Encoding = None,
     trust_remote_code: TrustRemoteCode = False,
     allow_torchscript: AllowTorchScript = False,
+    runtime: Runtime = None,
+    precision: Precision = None,
     cache_dir: CacheDir = None,
     json_out: Json = False,
     quiet: Quiet = False,
@@ -149,16 +158,18 @@ def probe_cmd(
     """Extract (or reuse) features, fit heads, calibrate them, evaluate on the test split, and write bundles."""
     from headstart.data import load_data
     from headstart.workflows.calibration import check_calibration_options
+    from headstart.features.runtime import check_runtime
     from headstart.workflows.probe import print_probe_table, probe
 
     check_calibration_options(prior)
+    check_runtime(runtime, precision)
 
     dataset = load_data(data, per_class=per_class, seed=seed, text_column=text_column, label_column=label_column, encoding=encoding)
     out = out or Path("runs") / f"probe-{time.strftime('%Y%m%d-%H%M%S')}"
     report = probe(
         dataset, backbone, head, layer=layer, pool=pool, image_size=image_size, seed=seed, out=out,
         store=store_from(cache_dir), quiet=quiet or json_out, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript,
-        prior=prior, calibrate=calibrate,
+        prior=prior, calibrate=calibrate, runtime=runtime, precision=precision,
     )
     from headstart.console import err_console
 

@@ -15,7 +15,7 @@ onnxruntime runs on the CPU (``CPUExecutionProvider``) with ``torch.get_num_thre
 ONNX model cannot be fine-tuned here: :data:`FINETUNE_REFUSAL` says what to do instead. The
 file's sha256 is the spec's ``sha256``; a recorded one (``expected_sha256``) is checked before the
 file is read. It covers the .onnx file only, so keep the weights inside it (a model over 2 GB
-needs an external data file, which the hash does not cover). :func:`export_trunk` writes a backbone's pooled features as such a file.
+needs an external data file, which the hash does not cover). :func:`export_trunk` writes a backbone's pooled features (or one layer, pooled) as such a file.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from headstart.backbones.file_adapter import read_sidecar, preprocessing_overrides, sidecar_path
-from headstart.backbones.module import Backbone
+from headstart.backbones.file_adapter import preprocessing_overrides, read_sidecar, sidecar_path
+from headstart.backbones.module import Backbone, pool_features
 from headstart.backbones.packaged import check_expected_sha256
 from headstart.backbones.spec import BackboneSpec
 from headstart.errors import DataError, OptionError, UnknownBackboneError, WeightsUnavailableError, require
@@ -252,7 +253,30 @@ def load(name: str, pretrained: bool = True, *, expected_sha256: str | None = No
     return Backbone(network, spec, None)
 
 
-def export_trunk(backbone: Backbone, path: str | Path, input_size: int | None = None, *, opset: int = OPSET) -> Path:
+class _LayerTrunk(nn.Module):
+    """A backbone cut at one of its layers and pooled: what ``Backbone.features(x, layer, pool)`` computes.
+
+    The layer's output is caught by a forward hook registered once, outside ``forward`` (torch.export
+    traces the whole network; the ONNX graph keeps only what the output needs).
+    """
+
+    def __init__(self, backbone: Backbone, layer: str, pool: str) -> None:
+        super().__init__()
+        self.model, self.pool, self.captured = backbone.model, pool, []
+        self.model.get_submodule(layer).register_forward_hook(self._keep)
+
+    def _keep(self, _module: nn.Module, _inputs: object, output) -> None:
+        self.captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.captured.clear()
+        self.model(x)
+        return pool_features(self.captured[-1], self.pool)
+
+
+def export_trunk(
+    backbone: Backbone, path: str | Path, input_size: int | None = None, *, layer: str | None = None, pool: str = "avg", opset: int = OPSET
+) -> Path:
     """Export a backbone's pooled features to ONNX, with the sidecar that makes it load as ``onnx:PATH``.
 
     The graph maps a float32 NCHW batch at ``input_size`` (normalised as the sidecar says) to the
@@ -263,6 +287,9 @@ def export_trunk(backbone: Backbone, path: str | Path, input_size: int | None = 
         backbone: An image backbone; it is copied to the CPU, the caller's stays as it is.
         path: Target path; the suffix becomes ``.onnx``, the sidecar is ``.json`` beside it.
         input_size: Side in pixels; None takes the spec's.
+        layer: A layer of ``backbone.spec.layers``, pooled with ``pool``; None (or the default
+            layer) takes the pooled penultimate features.
+        pool: Pooling of ``layer``'s output (see :func:`~headstart.backbones.module.pool_features`).
         opset: The ONNX opset.
 
     Returns:
@@ -274,17 +301,25 @@ def export_trunk(backbone: Backbone, path: str | Path, input_size: int | None = 
         raise OptionError(f"export_trunk exports image backbones; {spec.name} is a {spec.modality} model.")
     path = Path(path).with_suffix(".onnx")
     path.parent.mkdir(parents=True, exist_ok=True)
+    layer = backbone.check_layer(layer)
     network = copy.deepcopy(backbone).cpu().eval()
+    if layer != spec.default_layer:
+        network = _LayerTrunk(network, layer, pool).eval()
     dummy = torch.zeros(2, 3, spec.input_size, spec.input_size)
     try:
-        torch.onnx.export(
-            network, (dummy,), str(path), input_names=["images"], output_names=["features"], opset_version=opset,
-            dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
-        )
+        with warnings.catch_warnings():
+            # _LayerTrunk keeps the layer's output in a list during tracing; torch.export warns about it.
+            warnings.filterwarnings("ignore", message="The tensor attribute self.captured")
+            torch.onnx.export(
+                network, (dummy,), str(path), input_names=["images"], output_names=["features"], opset_version=opset,
+                dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False, verbose=False,
+            )
     except Exception as exc:  # torch.export raises many error types on untraceable code
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise OptionError(f"{spec.name} could not be exported to ONNX ({type(exc).__name__}: {first}).") from None
     side = dict(spec.preprocessing(), features="features", layout="NCHW", exported_from=spec.name, exported_sha256=spec.sha256)
+    if layer != spec.default_layer:
+        side.update(exported_layer=layer, exported_pool=pool)
     side.pop("small_images", None)
     side.pop("model_io", None)
     sidecar_path(path).write_text(json.dumps(side, indent=2))

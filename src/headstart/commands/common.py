@@ -35,6 +35,19 @@ AllowTorchScript = Annotated[
     bool, typer.Option("--allow-torchscript", help="Let a file: TorchScript backbone load; it runs the code it holds (off by default).")
 ]
 
+Runtime = Annotated[
+    Optional[str],
+    typer.Option(
+        "--runtime",
+        help="How the CPU runs the network: torch, onnx (the trunk exported once, run by onnxruntime) or auto "
+        "(times one batch on each path once per CPU and backbone, keeps the fastest that agrees with torch fp32). "
+        "Default: $HEADSTART_RUNTIME, else auto; on a GPU, torch.",
+    ),
+]
+Precision = Annotated[
+    Optional[str], typer.Option("--precision", help="fp32, or bf16 (torch autocast with channels_last; CPUs with bf16 units only). Default: the runtime's.")
+]
+
 
 def print_json(data) -> None:
     """Print JSON on stdout (and nothing else there)."""

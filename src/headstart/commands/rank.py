@@ -17,7 +17,9 @@ from headstart.commands.common import (
     LabelColumn,
     Out,
     PerClass,
+    Precision,
     Quiet,
+    Runtime,
     Seed,
     TextColumn,
     print_json,
@@ -71,6 +73,8 @@ def rank_cmd(
     pool: Annotated[str, typer.Option("--pool", help="Pooling of intermediate layers: avg, max, avgmax, token or none.")] = "avg",
     cost: Annotated[bool, typer.Option("--cost/--no-cost", help="Measure params, MACs, images/s and peak memory.")] = True,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, or auto.")] = None,
+    runtime: Runtime = None,
+    precision: Precision = None,
     per_class: PerClass = None,
     image_size: ImageSize = None,
     seed: Seed = 0,
@@ -86,6 +90,7 @@ def rank_cmd(
     """Rank candidate backbones by transferability scores and cheap probes, with their cost."""
     from headstart.data import load_data
     from headstart.errors import HeadstartError
+    from headstart.features.runtime import check_runtime
     from headstart.select.candidates import parse_candidates
     from headstart.select.combine import ALL_SCORES, check_scores
     from headstart.select.table import print_rank_table
@@ -97,6 +102,7 @@ def rank_cmd(
         score_names = list(ALL_SCORES) if scores.strip() == "all" else _split([scores])
     combine_names = _split([combine]) if combine else None
     check_scores(score_names, combine_names, method)
+    check_runtime(runtime, precision)
     names = _split(candidates)
     if pattern:
         names += _pattern_candidates(_split(pattern))
@@ -121,6 +127,8 @@ def rank_cmd(
         quiet=quiet or json_out,
         out=out,
         allow_torchscript=allow_torchscript,
+        runtime=runtime,
+        precision=precision,
     )
     if json_out:
         print_json(table.to_dict())

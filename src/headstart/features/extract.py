@@ -23,7 +23,8 @@ from headstart.backbones.registry import allows_remote_code
 from headstart.backbones.spec import BackboneSpec
 from headstart.data.dataset import Dataset
 from headstart.data.transforms import decode_file, preprocess_array_batch, preprocess_pil
-from headstart.features.store import FeatureStore, make_key
+from headstart.features.runtime import Choice, choose, fused_for_cpu, runner_for  # noqa: F401 - fused_for_cpu: kept importable here
+from headstart.features.store import FeatureStore, default_root, make_key
 
 DEFAULT_SHARD_SIZE = 2048
 # The input sizes extraction accepts: below 16 px the networks' strides leave nothing; above 4096 px
@@ -66,6 +67,7 @@ class Features:
     pool: str
     fingerprint: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    runtime: Choice = field(default_factory=Choice)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -88,6 +90,9 @@ class Features:
             "skipped": len(self.skipped),
             "seconds": round(self.seconds, 3),
             "hit": self.hit,
+            "runtime": self.runtime.runtime,
+            "precision": self.runtime.precision,
+            "runtime_reason": self.runtime.reason,
         }
 
 
@@ -99,21 +104,20 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 # The store key's fields, in one place (docs/security.md describes them). A field is added only when
-# a value other than its default changes the features; the runtime field waits for other runtimes.
-RUNTIME = "torch"
-
-
+# a value other than its default changes the features.
 def precision_for(device: str | None) -> str:
     """The arithmetic extraction uses on ``device``: bf16 autocast on a GPU, fp32 on the CPU."""
     return "bf16" if str(device or "cpu").startswith("cuda") else "fp32"
 
 
-def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil", device: str | None = "cpu") -> dict[str, Any]:
+def key_parts(
+    spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil", device: str | None = "cpu", runtime: str = "torch", precision: str | None = None,
+) -> dict[str, Any]:
     """Everything that changes a feature set; its hash is the store key.
 
     Fields: the backbone's name and weights sha256, the layer, the pooling, the preprocessing (input
-    size, mean/std, interpolation, crop), the data's fingerprint, the runtime and the precision
-    (bf16 features from a GPU and fp32 features from a CPU never share an entry), the decode path
+    size, mean/std, interpolation, crop), the data's fingerprint, the runtime (torch or onnx) and the
+    precision (None: bf16 on a GPU, fp32 on the CPU; they never share an entry), the decode path
     when it is not PIL (with the tensor path's resize method), and, for a seeded random
     initialisation, the versions of the libraries that draw it.
     """
@@ -124,8 +128,8 @@ def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decod
         "pool": pool,
         "preprocessing": spec.preprocessing(),
         "data": fingerprint,
-        "runtime": RUNTIME,
-        "precision": precision_for(device),
+        "runtime": runtime,
+        "precision": precision or precision_for(device),
     }
     if decode != "pil":
         parts["decode"] = decode
@@ -141,9 +145,11 @@ def key_parts(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decod
     return parts
 
 
-def store_key(spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil", device: str | None = "cpu") -> str:
+def store_key(
+    spec: BackboneSpec, layer: str, pool: str, fingerprint: str, decode: str = "pil", device: str | None = "cpu", runtime: str = "torch", precision: str | None = None,
+) -> str:
     """The content key of a feature set."""
-    return make_key(key_parts(spec, layer, pool, fingerprint, decode, device))
+    return make_key(key_parts(spec, layer, pool, fingerprint, decode, device, runtime, precision))
 
 
 class _FileImages(torch.utils.data.Dataset):
@@ -268,6 +274,8 @@ def extract(
     quiet: bool = False,
     trust_remote_code: bool = False,
     allow_torchscript: bool = False,
+    runtime: str | None = None,
+    precision: str | None = None,
 ) -> Features:
     """Features of every item in ``data``, through the store.
 
@@ -292,6 +300,9 @@ def extract(
             code it ships.
         allow_torchscript: When ``backbone`` is a ``file:`` TorchScript name, let it load (it runs
             the code it holds).
+        runtime: ``torch``, ``onnx`` (the trunk exported once and run by onnxruntime, CPU only) or
+            ``auto``; None reads ``$HEADSTART_RUNTIME``, else ``auto``: see :mod:`headstart.features.runtime`.
+        precision: ``fp32`` or ``bf16`` (torch autocast, CPUs with bf16 units); None lets the runtime choose.
 
     Returns:
         :class:`Features`, row-aligned with ``data``. ``hit`` says whether the network ran.
@@ -299,7 +310,7 @@ def extract(
     Raises:
         DataError: The backbone's modality is not the data's (a text encoder on images...).
         OptionError: ``backbone`` is ``sk:tfidf``, which has no fixed features to store (probe
-            and rank fit it on the raw texts).
+            and rank fit it on the raw texts); or a runtime or precision that cannot run here.
     """
     started = time.perf_counter()
     if isinstance(backbone, str):
@@ -316,7 +327,22 @@ def extract(
     if data.in_memory or spec.modality != "image":
         decode_mode = "pil"  # arrays and text have no file decode step
     fingerprint = data.fingerprint()
-    key = store_key(spec, layer_name, pool, fingerprint, decode_mode, pick_device(device).type)
+    dev = pick_device(device)
+    rank, world = rank_and_world()
+    first = batch_size or 64
+    root = store.root if isinstance(store.root, Path) else default_root()  # ONNX trunks and runtime decisions live on local disk
+
+    def keyed(run: str, precision_used: str | None) -> str:
+        return store_key(spec, layer_name, pool, fingerprint, decode_mode, dev.type, run, precision_used)
+
+    choice = choose(
+        backbone, spec, layer_name, pool, dev.type, runtime, precision, compile=compile, quiet=quiet,
+        n_items=len(data) if world == 1 else 0,  # ranks must agree on the key: only an existing decision, never a timing
+        root=root,
+        is_stored=lambda run, precision_used: store.meta(keyed(run, precision_used)) is not None,
+        sample=lambda: next(iter(_batches(backbone, data, np.arange(min(len(data), first)), spec, first, 0, decode_mode, dev)))[0],
+    )
+    key = keyed(choice.runtime, choice.precision)
     skipped_listing = list(data.skipped)
 
     def finish(meta, features, valid, errors, hit):
@@ -325,7 +351,7 @@ def extract(
         return Features(
             X=features, valid=valid, labels=data.labels, split=data.split, classes=data.classes, key=key,
             path=store.entry_dir(key), hit=hit, seconds=time.perf_counter() - started, spec=spec,
-            layer=layer_name, pool=pool, fingerprint=fingerprint, skipped=skipped,
+            layer=layer_name, pool=pool, fingerprint=fingerprint, skipped=skipped, runtime=choice,
         )
 
     stored = store.load(key)
@@ -335,10 +361,9 @@ def extract(
     store.check_writable()
     n = len(data)
     n_shards = max(1, -(-n // shard_size))
-    rank, world = rank_and_world()
     done = store.done_shards(key, n, shard_size)
     pending = [i for i in range(n_shards) if i not in done and i % world == rank]
-    options = _RunOptions(layer_name, pool, batch_size, num_workers, device, decode_mode, compile, quiet)
+    options = _RunOptions(layer_name, pool, batch_size, num_workers, device, decode_mode, compile, quiet, choice, root)
     _run_shards(backbone, spec, data, key, store, pending, n, shard_size, options)
     if rank != 0:
         # Rank 0 commits the entry once every rank's shards exist; the others wait for it.
@@ -347,7 +372,8 @@ def extract(
     _wait_for(lambda: len(store.done_shards(key, n, shard_size)) == n_shards or None, f"all {n_shards} shards of {key[:12]}")
     dim = store.read_shard(key, 0)[1].shape[1]
     meta = {
-        "parts": key_parts(spec, layer_name, pool, fingerprint, decode_mode, pick_device(device).type),
+        "parts": key_parts(spec, layer_name, pool, fingerprint, decode_mode, dev.type, choice.runtime, choice.precision),
+        "runtime": choice.to_dict(),
         "spec": spec.to_dict(),
         "source": data.source,
         "shape": [n, int(dim)],
@@ -461,6 +487,8 @@ class _RunOptions:
     decode: str
     compile: bool
     quiet: bool
+    choice: Choice
+    root: Path
 
 
 def auto_batch_size(backbone: Backbone, spec: BackboneSpec, device: torch.device, limit: int = 1024) -> int:
@@ -490,7 +518,7 @@ def _forward_with_backoff(backbone: Backbone, batch: Any, options: _RunOptions, 
             outs = []
             for start in range(0, size, micro):
                 part = {k: v[start : start + micro] for k, v in batch.items()} if isinstance(batch, dict) else batch[start : start + micro]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or options.choice.precision == "bf16"):
                     outs.append(backbone.features(part, options.layer, options.pool).float())
             state["micro"] = micro
             return torch.cat(outs)
@@ -512,11 +540,7 @@ def _run_shards(backbone, spec, data, key, store, pending, n, shard_size, option
     backbone = backbone.to(dev).eval()
     backbone.to(memory_format=torch.channels_last)  # faster for convolutions on CPU and GPU alike
     batch_size = options.batch_size or auto_batch_size(backbone, spec, dev)
-    runner = backbone
-    if options.compile:
-        runner = _compiled(backbone, options.quiet)
-    elif dev.type == "cpu" and options.layer == spec.default_layer and spec.modality == "image":
-        runner = fused_for_cpu(backbone)
+    runner = runner_for(backbone, spec, options.layer, options.pool, options.choice, dev, root=options.root, compile=options.compile, quiet=options.quiet)
     rows = np.concatenate([np.arange(i * shard_size, min(n, (i + 1) * shard_size)) for i in pending])
     buffers: dict[int, dict[str, Any]] = {}
     dim = None
@@ -554,36 +578,3 @@ def _run_shards(backbone, spec, data, key, store, pending, n, shard_size, option
                 progress.update(task, advance=len(batch_rows), rate=f"{rate:.0f} items/s")
     assert not buffers, "every shard must be committed once all rows ran"
     return dim
-
-
-def fused_for_cpu(backbone: Backbone) -> Backbone:
-    """A copy of the backbone with BatchNorm folded into the convolutions, for CPU inference.
-
-    Folding removes a pass over every activation map (MobileNetV2: about 1.5x faster on 2 cores) and
-    changes features by about 1e-5. Models that torch.fx cannot trace (timm's TF-padded
-    EfficientNets) run unfused.
-    """
-    import copy
-
-    from torch.fx.experimental.optimization import fuse
-
-    try:
-        fused = fuse(copy.deepcopy(backbone.model).eval())
-    except Exception:  # fx raises several error types on untraceable code; run unfused then
-        return backbone
-    return Backbone(fused.to(memory_format=torch.channels_last), backbone.spec, None).eval()
-
-
-def _compiled(backbone: Backbone, quiet: bool) -> Backbone:
-    """``torch.compile`` the backbone's network; the compile itself happens on the first batch.
-
-    A network that an earlier call compiled is used as it is (compiling it again would wrap it twice).
-    """
-    if hasattr(backbone.model, "_orig_mod"):  # torch.compile's wrapper holds the original there
-        return backbone
-    backbone.model = torch.compile(backbone.model)
-    if not quiet:
-        from headstart.console import err_console
-
-        err_console.print("torch.compile: the first batch includes compilation; it pays off only on large jobs.")
-    return backbone

@@ -57,6 +57,7 @@ class ProbeRun:
     bundle_path: Path | None = None
     test_predictions: dict[str, np.ndarray] | None = field(default=None, repr=False)
     calibration: dict[str, Any] | None = None
+    runtime: str = "torch fp32"
 
     def row(self) -> dict[str, Any]:
         """A flat summary for tables and CSV logs."""
@@ -73,6 +74,7 @@ class ProbeRun:
             "extract_s": round(self.extract_seconds, 2),
             "fit_s": round(self.fit_seconds, 2),
             "store_hit": self.store_hit,
+            "runtime": self.runtime,
             "bundle": str(self.bundle_path) if self.bundle_path else None,
         }
 
@@ -200,6 +202,8 @@ def probe(
     allow_torchscript: bool = False,
     prior: str = "data",
     calibrate: bool = True,
+    runtime: str | None = None,
+    precision: str | None = None,
 ) -> ProbeReport:
     """Extract, fit every head on every backbone's features, calibrate, evaluate on test, save bundles.
 
@@ -229,6 +233,8 @@ def probe(
             keep the sample's prior (the behaviour before this option).
         calibrate: Fit a temperature on out-of-fold predictions for the kNN and MLP heads (the linear
             probe needs none); see :mod:`headstart.workflows.calibration`.
+        runtime: ``torch``, ``onnx`` or ``auto`` for extraction on the CPU (see :func:`headstart.features.extract`).
+        precision: ``fp32`` or ``bf16``; None lets the runtime choose.
 
     Returns:
         A :class:`ProbeReport`.
@@ -246,7 +252,7 @@ def probe(
     heads = list(heads)
     prepared = prepare_backbones(
         data, backbones, heads, layer=layer, pool=pool, image_size=image_size, trust_remote_code=trust_remote_code,
-        allow_torchscript=allow_torchscript,
+        allow_torchscript=allow_torchscript, runtime=runtime, precision=precision,
     )
     store = store or FeatureStore()
     runs: list[ProbeRun] = []
@@ -259,7 +265,9 @@ def probe(
             skipped_runs += baseline_skips
             skipped.update(dict.fromkeys(item_skips))
             continue
-        features = extract(backbone, data, layer=layer, pool=pool, image_size=image_size, store=store, quiet=quiet)
+        features = extract(
+            backbone, data, layer=layer, pool=pool, image_size=image_size, store=store, quiet=quiet, runtime=runtime, precision=precision
+        )
         skipped.update(dict.fromkeys(features.skipped))
         for head_name in heads:
             fitted = fit_and_evaluate(features, head_name, seed, (head_params or {}).get(head_name), calibrate=calibrate, prior=prior,
@@ -272,7 +280,10 @@ def probe(
                 layer=features.layer,
                 pool=features.pool,
                 metrics=result.to_dict(),
-                manifest={"seed": seed, "data_fingerprint": features.fingerprint, "store_key": features.key, "data_source": data.source},
+                manifest={
+                    "seed": seed, "data_fingerprint": features.fingerprint, "store_key": features.key, "data_source": data.source,
+                    "runtime": features.runtime.label,
+                },
                 backbone=backbone,
                 calibration=fitted.calibration,
             )
@@ -280,7 +291,7 @@ def probe(
                 ProbeRun(
                     backbone=features.spec.name, head=head_name, image_size=features.spec.input_size, layer=features.layer,
                     pool=features.pool, test=result, extract_seconds=features.seconds, fit_seconds=fitted.fit_seconds,
-                    store_hit=features.hit, store_key=features.key, bundle=bundle,
+                    store_hit=features.hit, store_key=features.key, bundle=bundle, runtime=features.runtime.label,
                     test_predictions=predict_test_rows(features, head, fitted.calibration), calibration=fitted.record,
                 )
             )
@@ -296,6 +307,7 @@ def probe(
 def prepare_backbones(
     data: Dataset, backbones: list[str], heads: list[str], *, layer: str | None = None, pool: str = "avg",
     image_size: int | None = None, trust_remote_code: bool = False, allow_torchscript: bool = False,
+    runtime: str | None = None, precision: str | None = None,
 ) -> list[tuple[str, Any]]:
     """Check every head, backbone name and option, and load the networks, before any extraction.
 
@@ -312,8 +324,10 @@ def prepare_backbones(
     """
     from headstart.backbones import load_backbone
     from headstart.backbones.registry import allows_remote_code
-    from headstart.features.extract import check_modality, check_options
+    from headstart.features.extract import check_modality, check_options, pick_device
+    from headstart.features.runtime import check_runtime, paths
 
+    check_runtime(runtime, precision)
     if not heads:
         raise OptionError("Name at least one head: --head linear, knn or mlp.")
     for head_name in heads:
@@ -340,6 +354,7 @@ def prepare_backbones(
         backbone = load_backbone(name, trust_remote_code=trust_remote_code and remote[name], allow_torchscript=allow_torchscript)
         check_modality(backbone.spec, data)
         check_options(backbone, backbone.check_layer(layer), pool, image_size, "auto")
+        paths(backbone.spec, pick_device(None).type, runtime, precision)  # a runtime that cannot run here fails now
         prepared.append((name, backbone))
     return prepared
 

@@ -76,6 +76,8 @@ def rank_backbones(
     progress: Callable[[str], None] | None = None,
     out: str | Path | None = None,
     allow_torchscript: bool = False,
+    runtime: str | None = None,
+    precision: str | None = None,
 ) -> RankTable:
     """Rank candidate backbones on a stratified subsample of ``data``'s training split.
 
@@ -106,6 +108,8 @@ def rank_backbones(
         out: A run directory to write (see :func:`write_rank_run`); None writes nothing.
         allow_torchscript: Let ``file:`` TorchScript candidates load (they run the code they
             hold); without it they are skipped with the reason.
+        runtime: ``torch``, ``onnx`` or ``auto`` for extraction on the CPU (see :func:`headstart.features.extract`).
+        precision: ``fp32`` or ``bf16``; None lets the runtime choose.
 
     Returns:
         A :class:`~headstart.select.table.RankTable`, best candidate first.
@@ -120,9 +124,11 @@ def rank_backbones(
     from headstart.device import resolve_device
     from headstart.features import FeatureStore, extract
     from headstart.features.extract import store_key
+    from headstart.features.runtime import check_runtime, paths
     from headstart.io import check_out_dir
 
     started = time.perf_counter()
+    check_runtime(runtime, precision)
     names, combination = check_scores(scores, combine, method)
     plan = expand_candidates(parse_candidates(candidates), layers)
     check_candidate_names(plan)
@@ -173,14 +179,18 @@ def rank_backbones(
         # Features: read the subsample's rows back when the whole dataset is stored (as after a
         # probe run), else extract just the subsample.
         decode = "tensor" if str(device).startswith("cuda") and not data.in_memory and spec.modality == "image" else "pil"
-        whole_key = store_key(spec, layer, pool, fingerprint_full, decode, device)
-        if store.meta(whole_key) is not None:
-            features = extract(backbone, data, layer=layer, pool=pool, image_size=size, device=device, store=store, quiet=quiet)
+        allowed = paths(spec, device, runtime, precision)[0]
+        whole = [path for path in allowed if store.meta(store_key(spec, layer, pool, fingerprint_full, decode, device, *path)) is not None]
+        if whole:
+            features = extract(
+                backbone, data, layer=layer, pool=pool, image_size=size, device=device, store=store, quiet=quiet, runtime=whole[0][0], precision=whole[0][1]
+            )
             X, valid, labels = features.X[rows_index], features.valid[rows_index], data.labels[rows_index]
         else:
             # Batches of the cost measurement's size: the timing then needs no warm-up pass.
             features = extract(
-                backbone, sub, layer=layer, pool=pool, image_size=size, batch_size=COST_BATCH, device=device, store=store, quiet=quiet
+                backbone, sub, layer=layer, pool=pool, image_size=size, batch_size=COST_BATCH, device=device, store=store, quiet=quiet,
+                runtime=runtime, precision=precision,
             )
             X, valid, labels = features.X, features.valid, sub.labels
         X, labels = X[valid], labels[valid]
