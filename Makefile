@@ -25,7 +25,7 @@ demo: setup
 	$(VENV)/bin/headstart demo
 
 # The suite: unit tests, CLI tests, the real-weight integration tests and every README/docs code
-# block not marked skip-test (about 12 minutes on 2 cores). CI runs this target.
+# block not marked skip-test. CI runs this target.
 test: setup
 	$(PY) -m pytest -q
 
