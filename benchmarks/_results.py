@@ -114,6 +114,7 @@ SCRIPT = re.compile(r"benchmarks/([A-Za-z0-9_]+\.py)")
 RERUN = {
     "detseg.py": ".venv/bin/python benchmarks/detseg.py",
     "kill_soak.py": ".venv/bin/python benchmarks/kill_soak.py --seed 0 --write",
+    "extract.py": ".venv/bin/python benchmarks/extract.py --warmup --repeats 2 --write (and again with --backbone resnet50 --n 300)",
 }
 
 
