@@ -214,3 +214,15 @@ def test_mobilenet_v2_onnx_features_agree_with_torch_at_64_px():
     by_onnx = extract("tv:mobilenet_v2.IMAGENET1K_V1", data, image_size=64, runtime="onnx", quiet=True)
     difference, cosine = _agree(by_torch.X, by_onnx.X)
     assert difference <= 1e-4 and cosine >= 0.99999, (difference, cosine)
+
+
+def test_cache_du_counts_the_onnx_trunks_and_rm_all_removes_them(tmp_path):
+    cache = tmp_path / "c"
+    extract(TINY_BACKBONE, _data(), image_size=32, runtime="onnx", store=FeatureStore(cache), quiet=True)
+    trunks = sum(p.stat().st_size for p in (cache / "onnx").rglob("*") if p.is_file())
+    runner = CliRunner()
+    du = json.loads(runner.invoke(app, ["cache", "du", "--json", "--cache-dir", str(cache)]).stdout)
+    assert trunks > 0 and du["onnx_and_runtime_bytes"] >= trunks and du["bytes"] == du["features_bytes"] + du["onnx_and_runtime_bytes"]
+    removed = json.loads(runner.invoke(app, ["cache", "rm", "--all", "--json", "--cache-dir", str(cache)]).stdout)["removed"]
+    assert "onnx/" in removed and not (cache / "onnx").exists()
+    assert json.loads(runner.invoke(app, ["cache", "du", "--json", "--cache-dir", str(cache)]).stdout)["bytes"] == 0

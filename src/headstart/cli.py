@@ -312,13 +312,25 @@ def cache_ls(cache_dir: CacheDir = None, json_out: Json = False) -> None:
 
 @cache_app.command("du")
 def cache_du(cache_dir: CacheDir = None, json_out: Json = False) -> None:
-    """Print the store's size on disk."""
+    """Print the store's size on disk: features, and the ONNX trunks and runtime decisions beside them."""
     store = store_from(cache_dir)
-    size = store.du()
+    features = store.du()
+    derived = sum(_tree_bytes(folder) for folder in _derived_dirs(store))
     if json_out:
-        print_json({"path": str(store.root), "bytes": size})
+        print_json({"path": str(store.root), "bytes": features + derived, "features_bytes": features, "onnx_and_runtime_bytes": derived})
     else:
-        typer.echo(f"{size / 1e6:.1f} MB in {store.root}")
+        typer.echo(f"{(features + derived) / 1e6:.1f} MB in {store.root} (features {features / 1e6:.1f} MB, ONNX trunks and runtime decisions {derived / 1e6:.1f} MB)")
+
+
+def _derived_dirs(store) -> list[Path]:
+    """The store's folders of derived files (ONNX trunks, auto's runtime decisions), where the store is on local disk."""
+    from headstart.features.runtime import derived_dirs
+
+    return derived_dirs(store.root) if isinstance(store.root, Path) else []
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0
 
 
 @cache_app.command("rm")
@@ -331,7 +343,15 @@ def cache_rm(
     """Remove store entries by key prefix, or all of them."""
     if not key and not all_entries:
         raise HeadstartError("Name a key (or key prefix) to remove, or pass --all. See: headstart cache ls.")
-    removed = store_from(cache_dir).rm(key, everything=all_entries)
+    store = store_from(cache_dir)
+    removed = store.rm(key, everything=all_entries)
+    if all_entries:  # the ONNX trunks and runtime decisions are derived files: --all clears them too
+        import shutil
+
+        for folder in _derived_dirs(store):
+            if folder.is_dir():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(f"{folder.name}/")
     if json_out:
         print_json({"removed": removed})
     else:

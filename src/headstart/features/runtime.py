@@ -56,6 +56,8 @@ AGREEMENT = 0.9999
 # Below this many items auto runs torch fp32 without timing (unless a decision exists): an ONNX
 # export alone takes seconds (MobileNetV2: about 10 s), more than a small job can win back.
 AUTO_MIN_ITEMS = 1000
+TRUNKS_DIR = "onnx"  # under the store's local root: the exported ONNX trunks
+DECISIONS_DIR = "runtime"  # under the store's local root: auto's recorded decisions
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ def choose(
         "cpu": cpu_flags()[0], "threads": torch.get_num_threads(), "backbone": spec.name, "weights_sha256": spec.sha256,
         "layer": layer, "pool": pool, "input_size": spec.input_size,
     }
-    record = root / "runtime" / f"{_digest(ident)}.json"
+    record = root / DECISIONS_DIR / f"{_digest(ident)}.json"
     decided = _read_json(record)
     earlier = (decided.get("runtime"), decided.get("precision")) if decided.get("ident") == ident else None
     for path in ([earlier] if earlier in options else []) + options:
@@ -284,7 +286,7 @@ def trunk_path(spec: BackboneSpec, layer: str, pool: str, root: Path) -> Path:
         versions = package_versions()
         ident["init_versions"] = {name: versions.get(name) for name in ("torch", "timm", "torchvision") if name in versions}
     safe_layer = re.sub(r"[^A-Za-z0-9._-]", "_", layer)
-    return root / "onnx" / f"{_digest(ident)}-{safe_layer}-{pool}-{spec.input_size}.onnx"
+    return root / TRUNKS_DIR / f"{_digest(ident)}-{safe_layer}-{pool}-{spec.input_size}.onnx"
 
 
 def onnx_trunk(backbone: Backbone, spec: BackboneSpec, layer: str, pool: str, root: Path, quiet: bool = False) -> Path:
@@ -376,4 +378,9 @@ def _say(message: str, quiet: bool) -> None:
         err_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
-__all__ = ["AGREEMENT", "AUTO_MIN_ITEMS", "PRECISIONS", "RUNTIMES", "Choice", "check_runtime", "choose", "cpu_has_bf16", "min_cosine", "paths"]
+def derived_dirs(root: Path) -> list[Path]:
+    """The folders of derived files under a store's local root (ONNX trunks, auto's decisions): rebuilt on demand."""
+    return [root / TRUNKS_DIR, root / DECISIONS_DIR]
+
+
+__all__ = ["AGREEMENT", "AUTO_MIN_ITEMS", "DECISIONS_DIR", "TRUNKS_DIR", "derived_dirs", "PRECISIONS", "RUNTIMES", "Choice", "check_runtime", "choose", "cpu_has_bf16", "min_cosine", "paths"]
