@@ -207,3 +207,53 @@ def test_an_unreadable_input_is_listed_and_the_others_predict(probed, image_file
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert rows[0]["label"] is not None and rows[1]["label"] is None and rows[1]["error"]
+
+
+def test_the_output_path_is_checked_before_any_work(probed, tmp_path):
+    runner = CliRunner()
+    folder = tmp_path / "keep"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("keep me")
+    for out, words in ((folder, "is a folder"), (tmp_path / "model.bin", "does not end in .onnx"), (folder / "precious.txt" / "m.onnx", "is a file")):
+        result = runner.invoke(app, ["export", str(probed["linear"]), "--out", str(out)])
+        assert result.exit_code != 0 and words in str(result.exception), (out, result.exception)
+    assert (folder / "precious.txt").read_text() == "keep me" and sorted(p.name for p in folder.iterdir()) == ["precious.txt"]
+
+
+def test_knn_ties_at_the_kth_neighbour_go_to_the_lower_index_in_the_bundle_and_the_export(tmp_path):
+    from headstart.heads import KNNProbe
+    from headstart.heads.export import head_module
+
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 3, size=(200, 4)).astype(np.float64)  # many exact duplicates: ties everywhere
+    y = rng.integers(0, 4, size=200)
+    queries = rng.integers(0, 3, size=(50, 4)).astype(np.float64)
+    for metric in ("l2", "cosine"):
+        for k in (1, 3, 7, 20):
+            head = KNNProbe(n_neighbors=k, metric=metric).fit(X + 1e-3 * (metric == "cosine"), y)
+            with torch.no_grad():
+                exported = head_module(head)(torch.as_tensor(queries + 1e-3 * (metric == "cosine"))).numpy()
+            np.testing.assert_allclose(exported, head.predict_proba(queries + 1e-3 * (metric == "cosine")), atol=1e-9)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_an_exported_knn_head_agrees_under_onnxruntime_with_ties_and_exact_matches(metric, tmp_path):
+    """Exact matches (distance 0: the weight is 1 / 1e-9) and ties, run by onnxruntime itself."""
+    import contextlib
+    import io
+
+    import onnxruntime as ort
+
+    from headstart.heads import KNNProbe
+    from headstart.heads.export import head_module
+
+    rng = np.random.default_rng(0)
+    X, y = rng.integers(0, 3, size=(200, 4)).astype(np.float64) + 0.5, rng.integers(0, 4, size=200)
+    queries = rng.integers(0, 3, size=(50, 4)).astype(np.float64) + 0.5
+    head = KNNProbe(n_neighbors=7, metric=metric).fit(X, y)
+    with contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(head_module(head), (torch.as_tensor(queries),), dynamo=True, input_names=["features"],
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
+    program.save(str(tmp_path / "knn.onnx"))
+    got = ort.InferenceSession(str(tmp_path / "knn.onnx")).run(None, {"features": queries})[0]
+    np.testing.assert_allclose(got, head.predict_proba(queries), atol=1e-9, rtol=0)

@@ -48,8 +48,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.bundles.base import bundle_kind, load_bundle, locate_bundle, read_document
-from headstart.errors import DataError, MissingDependencyError, OptionError
+from headstart.bundles.base import bundle_kind, load_bundle, locate_bundle, one_line, read_document
+from headstart.errors import DataError, HeadstartError, MissingDependencyError, OptionError
 from headstart.evaluate.calibration import Calibration
 
 FORMATS = ("onnx", "pt2")
@@ -76,15 +76,18 @@ class CalibratedProbabilities(nn.Module):
         self.scores = calibration.scores
         self.temperature = float(calibration.temperature)
         self.register_buffer("shift", torch.as_tensor(calibration.shift_for(columns), dtype=torch.float64))
+        # Buffers, not Python floats: the ONNX exporter does not keep a float64 literal's value (1e-9 came out as 0).
+        self.register_buffer("tiny", torch.tensor([TINY], dtype=torch.float64))
+        self.register_buffer("t", torch.tensor([float(calibration.temperature)], dtype=torch.float64))
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
         if self.identity:
             return (scores.exp() if self.head_output == "log_proba" else scores).float()
         if self.scores == "log_proba":
-            z = scores if self.head_output == "log_proba" else scores.clamp(min=TINY).log()
+            z = scores if self.head_output == "log_proba" else torch.maximum(scores, self.tiny).log()
         else:
             z = scores.exp() if self.head_output == "log_proba" else scores
-        return torch.softmax(z / self.temperature + self.shift, dim=1).float()
+        return torch.softmax(z / self.t + self.shift, dim=1).float()
 
 
 class ImageClassifier(nn.Module):
@@ -182,6 +185,38 @@ def check_exportable(bundle: str | Path) -> Path:
     return folder
 
 
+def check_output(out: str | Path, format: str, text: bool, bundle_folder: Path | None = None) -> Path:
+    """``out`` when an export may be written there; nothing is written or removed here.
+
+    An image export (and any ``.pt2``) is one file with the format's suffix; a text model's ONNX export is a
+    folder, which may replace only an earlier export (a folder holding ``model.onnx`` and ``headstart.json``).
+
+    Raises:
+        OptionError: The path is unsuitable; the message names it and the fix.
+    """
+    out = Path(out)
+    if text and format == "onnx":
+        if out.exists() and not out.is_dir():
+            raise OptionError(f"--out {out} is a file; a text model's ONNX export is a folder. Name a new folder, e.g. --out runs/x/model-onnx.")
+        if out.is_dir() and any(out.iterdir()) and not ((out / "model.onnx").is_file() and (out / METADATA_FILE).is_file()):
+            raise OptionError(f"--out {out} is a folder that holds other files; the export would replace it. Name a new folder, e.g. --out {out / 'model-onnx'}.")
+        inside = bundle_folder is not None and (bundle_folder.resolve() == out.resolve() or out.resolve() in bundle_folder.resolve().parents)
+        if inside:
+            raise OptionError(f"--out {out} holds the bundle itself; name a new folder, e.g. --out {out / 'model-onnx'}.")
+    else:
+        suffix = f".{format}"
+        if out.is_dir():
+            raise OptionError(f"--out {out} is a folder; name the file to write, e.g. --out {out / ('model' + suffix)}.")
+        if out.suffix.lower() != suffix:
+            raise OptionError(f"--out {out} does not end in {suffix}; name the file model{suffix} (headstart predict recognises exports by it).")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OptionError(f"--out {out}: {parent} is a file, not a folder. Name a path under a folder.")
+            break
+    return out
+
+
 def require_onnx() -> None:
     """Raise the one-line install hint when onnx, onnxruntime or onnxscript is missing."""
     for module in ("onnx", "onnxruntime", "onnxscript"):
@@ -218,14 +253,23 @@ def export_bundle(bundle: str | Path | Any, out: str | Path | None = None, forma
         require_onnx()
     if isinstance(bundle, (str, Path)):
         folder = check_exportable(bundle)
+        text = read_document(folder).get("modality") == "text"
+        out = check_output(out if out is not None else default_export_path(folder, format), format, text, folder)
         loaded = load_bundle(folder, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript)
-        out = Path(out) if out is not None else default_export_path(folder, format)
     else:
         loaded = bundle
         if out is None:
             raise OptionError("export_bundle(bundle_object, ...) needs out=PATH.")
-        out = Path(out)
-    return _export(loaded, out, format, opset)
+        out = check_output(out, format, loaded.spec.modality == "text", loaded.path)
+    try:
+        return _export(loaded, out, format, opset)
+    except (HeadstartError, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch.export and the ONNX exporter raise many types for a graph they cannot capture
+        raise DataError(
+            f"{loaded.spec.name} could not be exported to {format} ({one_line(exc)}); networks that torch.export cannot capture "
+            "(onnx: and keras: backbones, TorchScript files) cannot be exported. Rerun with --debug for the exporter's traceback."
+        ) from exc
 
 
 def _export(bundle: Any, out: Path, format: str, opset: int) -> ExportResult:
@@ -373,10 +417,10 @@ def _checked_difference(got: np.ndarray, expected: np.ndarray, path: Path) -> fl
 
 def _write_pt2(module, args, input_names, out: Path, metadata, expected, text: bool) -> ExportResult:
     staging = out.with_name(f".{out.stem}.partial.pt2")  # torch.export.save wants the .pt2 suffix
-    with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
-        program = torch.export.export(module, args, dynamic_shapes=_dynamic_shapes(input_names, text))
-        torch.export.save(program, str(staging), extra_files={METADATA_FILE: json.dumps(metadata)})
     try:
+        with _quiet_exporter(), torch.inference_mode(False), torch.no_grad():
+            program = torch.export.export(module, args, dynamic_shapes=_dynamic_shapes(input_names, text))
+            torch.export.save(program, str(staging), extra_files={METADATA_FILE: json.dumps(metadata)})
         loaded = torch.export.load(str(staging))
         with torch.no_grad():
             got = loaded.module()(*args).numpy()

@@ -23,13 +23,16 @@ def export_cmd(
     json_out: Json = False,
 ) -> None:
     """Export a bundle (images: uint8 pixels in, probabilities out; texts: token ids in) with its calibration, and check it against the bundle."""
-    from headstart.bundles.export import check_exportable, check_format_name, export_bundle, require_onnx
+    from headstart.bundles.base import read_document
+    from headstart.bundles.export import check_exportable, check_format_name, check_output, default_export_path, export_bundle, require_onnx
     from headstart.console import console, err_console
 
     check_format_name(format)
     if format == "onnx":
         require_onnx()
-    check_exportable(bundle)
+    folder = check_exportable(bundle)
+    text = read_document(folder).get("modality") == "text"
+    check_output(out if out is not None else default_export_path(folder, format), format, text, folder)
     err_console.print(f"exporting {bundle} as {format} (capturing the graph takes a few seconds to a minute)", markup=False, highlight=False)
     result = export_bundle(bundle, out, format, opset=opset, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript)
     if json_out:

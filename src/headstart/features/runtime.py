@@ -226,6 +226,8 @@ def time_paths(backbone: Backbone, spec: BackboneSpec, layer: str, pool: str, op
         timings[label] = {"images_per_s": round(len(batch) / seconds, 1), "min_cosine": round(cosine, 7)}
         if cosine >= AGREEMENT:
             kept.append((seconds, runtime, precision))
+    if not kept:  # every path failed or disagreed (NaN features, say): the reference path, untimed
+        return Choice("torch", "fp32", reason="auto: no timed path agreed with torch fp32", timings=timings)
     _, runtime, precision = min(kept)
     return Choice(runtime, precision, reason="auto: fastest on one timed batch", timings=timings)
 

@@ -81,6 +81,8 @@ class KNNScores(nn.Module):
         self.register_buffer("reference", _buffer(head.fit_X_))
         n_classes = len(head.classes_)
         self.register_buffer("votes", _buffer(np.eye(n_classes)[np.asarray(head.fit_y_, dtype=np.int64)]))
+        # A buffer, not a Python float: the ONNX exporter turned the literal 1e-9 added to a float64 tensor into 0.
+        self.register_buffer("eps", torch.tensor([DISTANCE_EPS], dtype=torch.float64))
         self.k = int(head.n_neighbors_)
         self.cosine = head.metric == "cosine"
 
@@ -91,9 +93,15 @@ class KNNScores(nn.Module):
             distances = (1.0 - queries @ self.reference.T).clamp(min=0.0)
         else:
             squared = (queries * queries).sum(1, keepdim=True) + (self.reference * self.reference).sum(1)[None, :] - 2.0 * queries @ self.reference.T
-            distances = squared.clamp(min=0.0).sqrt()
-        nearest, index = torch.topk(distances, self.k, dim=1, largest=False)
-        weights = 1.0 / (nearest + DISTANCE_EPS)
+            distances = torch.sqrt(torch.relu(squared))
+        # The k nearest, ties at the k-th distance going to the lowest training index, as KNNProbe settles them.
+        kth = torch.topk(distances, self.k, dim=1, largest=False).values[:, -1:]
+        n = distances.shape[1]
+        columns = torch.arange(n, dtype=distances.dtype, device=distances.device).expand_as(distances)
+        key = torch.where(distances < kth, torch.full_like(distances, -1.0), torch.where(distances == kth, columns, torch.full_like(distances, n + 1.0)))
+        index = torch.topk(key, self.k, dim=1, largest=False).indices
+        nearest = torch.gather(distances, 1, index)
+        weights = 1.0 / (nearest + self.eps)
         votes = (weights.unsqueeze(-1) * self.votes[index]).sum(dim=1)
         return votes / votes.sum(dim=1, keepdim=True)
 

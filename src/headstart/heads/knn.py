@@ -199,11 +199,20 @@ class KNNProbe(HeadBase):
 
 
 def nearest_first(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` smallest distances of each row and their column indices, nearest first (ties by column)."""
-    if k < distances.shape[1]:
-        nearest = np.argpartition(distances, k - 1, axis=1)[:, :k]
+    """The ``k`` smallest distances of each row and their column indices, nearest first (ties by column).
+
+    Ties are settled by column everywhere, also at the k-th place: of several columns as far as the
+    k-th neighbour, the lowest-numbered ones are taken (as ONNX's TopK does, so exported kNN heads agree).
+    """
+    n = distances.shape[1]
+    if k < n:
+        kth = np.partition(distances, k - 1, axis=1)[:, k - 1 : k]
+        columns = np.arange(n)
+        # Strictly nearer columns all belong; among those exactly at the k-th distance, the lowest columns.
+        key = np.where(distances < kth, -1, np.where(distances == kth, columns, n + 1))
+        nearest = np.sort(np.argpartition(key, k - 1, axis=1)[:, :k], axis=1)
     else:
-        nearest = np.broadcast_to(np.arange(distances.shape[1]), distances.shape).copy()
+        nearest = np.broadcast_to(np.arange(n), distances.shape).copy()
     nearest_distances = np.take_along_axis(distances, nearest, axis=1)
     order = np.argsort(nearest_distances, axis=1, kind="stable")
     return np.take_along_axis(nearest_distances, order, axis=1), np.take_along_axis(nearest, order, axis=1)

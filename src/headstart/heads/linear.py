@@ -187,9 +187,8 @@ class LinearProbe(HeadBase):
         scores = self.decision_function(X)
         if self.multilabel_:
             return expit(scores)
-        if scores.ndim == 1:
-            positive = expit(scores)
-            return np.column_stack([1.0 - positive, positive])
+        if scores.ndim == 1:  # expit(-s), not 1 - expit(s): exact where the negative class's probability is tiny
+            return np.column_stack([expit(-scores), expit(scores)])
         return softmax(scores, axis=1)
 
     def predict(self, X) -> np.ndarray:
