@@ -97,6 +97,46 @@ def preprocessing_overrides(side: dict) -> dict:
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in side.items() if k in PREPROCESSING_KEYS}
 
 
+def exported_model_file(path: Path, prefix: str, expected_sha256: str | None) -> tuple[str, str, dict]:
+    """For a ``keras:`` or ``onnx:`` file (already resolved): its display name, its sha256 (checked against
+    ``expected_sha256`` before anything reads the file) and its required sidecar.
+
+    Raises:
+        WeightsMismatchError: The file's sha256 is not the expected one.
+        WeightsUnavailableError: The sidecar is missing.
+        DataError: The sidecar is malformed.
+    """
+    display = f"{prefix}:{path}"
+    sha256 = check_expected_sha256(path, expected_sha256, display)
+    side = read_sidecar(
+        path,
+        required=True,
+        missing=(
+            f"{display} has no sidecar spec {sidecar_path(path)}. Write one with its preprocessing, for example "
+            '{"input_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]} (docs/tensorflow.md).'
+        ),
+    )
+    return display, sha256, side
+
+
+def sized_overrides(side: dict, spatial, display: str) -> dict:
+    """:func:`preprocessing_overrides`, with the input size read from a model whose input side is fixed.
+
+    ``spatial`` is the model input's (height, width), an int where fixed. A fixed square input gives
+    ``input_size`` when the sidecar has none.
+
+    Raises:
+        DataError: The model's fixed input size and the sidecar's ``input_size`` differ.
+    """
+    overrides = preprocessing_overrides(side)
+    fixed = [d for d in spatial if isinstance(d, int)]
+    if "input_size" not in overrides and len(fixed) == 2 and fixed[0] == fixed[1]:
+        overrides["input_size"] = fixed[0]
+    if fixed and any(d != overrides.get("input_size", 224) for d in fixed):
+        raise DataError(f"{display} takes {spatial[0]}x{spatial[1]} inputs, but its sidecar says input_size {overrides.get('input_size', 224)}; make them agree.")
+    return overrides
+
+
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError

@@ -32,9 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from headstart.backbones.file_adapter import preprocessing_overrides, read_sidecar, sidecar_path
+from headstart.backbones.file_adapter import exported_model_file, sized_overrides
 from headstart.backbones.module import Backbone
-from headstart.backbones.packaged import check_expected_sha256
 from headstart.backbones.spec import BackboneSpec
 from headstart.errors import DataError, HeadstartError, UnknownBackboneError, WeightsUnavailableError, require
 
@@ -152,16 +151,7 @@ def load(name: str, pretrained: bool = True, *, expected_sha256: str | None = No
     if not path.is_file() or path.suffix != ".keras":
         raise WeightsUnavailableError(f"keras:{path} is not a .keras file. Save the model with model.save('model.keras') (Keras 3).")
     path = path.resolve()
-    display = f"keras:{path}"
-    sha256 = check_expected_sha256(path, expected_sha256, display)
-    side = read_sidecar(
-        path,
-        required=True,
-        missing=(
-            f"{display} has no sidecar spec {sidecar_path(path)}. Write one with its preprocessing, for example "
-            '{"input_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]} (docs/tensorflow.md).'
-        ),
-    )
+    display, sha256, side = exported_model_file(path, "keras", expected_sha256)
     keras = import_keras()
     try:
         with keras.device("cpu"):
@@ -188,12 +178,7 @@ def load(name: str, pretrained: bool = True, *, expected_sha256: str | None = No
     end = names.index(trunk.layers[-1].name)
     layers = tuple(layer.name for layer in model.layers[:end] if not isinstance(layer, keras.layers.InputLayer))
     spatial = shape[1:3] if layout == "NHWC" else shape[2:4]
-    overrides = preprocessing_overrides(side)
-    fixed = [d for d in spatial if isinstance(d, int)]
-    if "input_size" not in overrides and len(fixed) == 2 and fixed[0] == fixed[1]:
-        overrides["input_size"] = fixed[0]
-    if fixed and any(d != overrides.get("input_size", 224) for d in fixed):
-        raise DataError(f"{display} takes {spatial[0]}x{spatial[1]} inputs, but its sidecar says input_size {overrides.get('input_size', 224)}; make them agree.")
+    overrides = sized_overrides(side, spatial, display)
     out_shape = tuple(trunk.outputs[0].shape)
     width = out_shape[-1] if layout == "NHWC" or len(out_shape) == 2 else out_shape[1]
     network = KerasNetwork(trunk, layout).eval()

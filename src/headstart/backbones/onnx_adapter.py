@@ -30,9 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.backbones.file_adapter import preprocessing_overrides, read_sidecar, sidecar_path
+from headstart.backbones.file_adapter import exported_model_file, sidecar_path, sized_overrides
 from headstart.backbones.module import Backbone, pool_features
-from headstart.backbones.packaged import check_expected_sha256
 from headstart.backbones.spec import BackboneSpec
 from headstart.errors import DataError, OptionError, UnknownBackboneError, WeightsUnavailableError, require
 
@@ -208,16 +207,7 @@ def load(name: str, pretrained: bool = True, *, expected_sha256: str | None = No
     if not path.is_file():
         raise WeightsUnavailableError(f"onnx:{path} does not exist. Give the path of an .onnx file (with its sidecar {sidecar_path(path).name}).")
     path = path.resolve()
-    display = f"onnx:{path}"
-    sha256 = check_expected_sha256(path, expected_sha256, display)
-    side = read_sidecar(
-        path,
-        required=True,
-        missing=(
-            f"{display} has no sidecar spec {sidecar_path(path)}. Write one with its preprocessing, for example "
-            '{"input_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]} (docs/tensorflow.md).'
-        ),
-    )
+    display, sha256, side = exported_model_file(path, "onnx", expected_sha256)
     _runtime()  # the one-line install hint before anything else
     session = _session(path, display)
     inputs, outputs = session.get_inputs(), session.get_outputs()
@@ -231,12 +221,7 @@ def load(name: str, pretrained: bool = True, *, expected_sha256: str | None = No
     if features not in names:
         raise DataError(f"{display}: sidecar features={features!r} is not an output of the graph; its outputs: {', '.join(names)}.")
     spatial = shape[2:] if layout == "NCHW" else shape[1:3]
-    fixed = [d for d in spatial if isinstance(d, int)]
-    overrides = preprocessing_overrides(side)
-    if "input_size" not in overrides and len(fixed) == 2 and fixed[0] == fixed[1]:
-        overrides["input_size"] = fixed[0]
-    if fixed and any(d != overrides.get("input_size", 224) for d in fixed):
-        raise DataError(f"{display} takes {spatial[0]}x{spatial[1]} inputs, but its sidecar says input_size {overrides.get('input_size', 224)}; make them agree.")
+    overrides = sized_overrides(side, spatial, display)
     network = OnnxRuntimeNetwork(path, features, layout, display, session)
     out_shapes = {o.name: list(o.shape) for o in outputs}
     spec = BackboneSpec(
