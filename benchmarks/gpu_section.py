@@ -47,7 +47,7 @@ def pending() -> str:
         "",
         "```",
         COMMAND + " [folder]",
-        f".venv/bin/python benchmarks/gpu_section.py --from [folder] --write   # then, on any machine: this section",
+        ".venv/bin/python benchmarks/gpu_section.py --from [folder] --write   # then, on any machine: this section",
         "```",
     ])
 
