@@ -25,6 +25,17 @@ def isolated_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (bit-for-bit comparisons, and no oversubscription beside the helper processes)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_arrays():
     """60 random 16x16 grayscale images in 3 classes whose brightness differs by class."""
     rng = np.random.default_rng(0)

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from scipy.special import softmax
 from typer.testing import CliRunner
 
@@ -234,11 +233,8 @@ def test_cli_probe_prior_and_calibrate_options(skewed, tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module runs torch on one thread (tests/conftest.py's one_thread)."""
 
 
 def test_finetune_fits_a_temperature_that_keeps_accuracy_and_lowers_val_nll(skewed, tmp_path):

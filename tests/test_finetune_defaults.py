@@ -24,11 +24,8 @@ from conftest import TINY_BACKBONE
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test of this module runs torch on one thread (tests/conftest.py's one_thread)."""
 
 
 @pytest.fixture(scope="module")

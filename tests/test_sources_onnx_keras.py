@@ -117,20 +117,23 @@ def test_onnx_backbone_loads_with_its_spec_and_matches_the_torch_net(onnx_model)
     assert list(backbone.model.parameters()) == []  # nothing in it trains
 
 
+class Pooled(nn.Module):
+    """The tiny net's first output (its pooled features): what an exported trunk computes."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)[0]
+
+
 def test_onnx_cost_counts_the_same_flops_as_the_torch_net(onnx_model):
     from headstart.select.cost import measure_cost
 
     path, net = onnx_model
 
-    class Pooled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return self.net(x)[0]
-
-    reference = Backbone(Pooled(), BackboneSpec(name="tiny", source="tiny", arch="tiny", weights_id="x", sha256="x", input_size=SIZE))
+    reference = Backbone(Pooled(net), BackboneSpec(name="tiny", source="tiny", arch="tiny", weights_id="x", sha256="x", input_size=SIZE))
     onnx_cost = measure_cost(load_backbone(f"onnx:{path}"), batch_size=4, device="cpu", max_repeats=1, min_seconds=0)
     torch_cost = measure_cost(reference, batch_size=4, device="cpu", max_repeats=1, min_seconds=0)
     assert onnx_cost.macs == torch_cost.macs > 0
@@ -238,16 +241,8 @@ def test_missing_sidecar_is_one_cli_line(onnx_model, tmp_path, monkeypatch, caps
 def test_export_trunk_writes_a_file_that_loads_back_equal(tmp_path):
     net = _net()
 
-    class Pooled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return self.net(x)[0]
-
     spec = BackboneSpec(name="tiny", source="tiny", arch="tiny", weights_id="x", sha256="abc", input_size=SIZE, interpolation="bicubic")
-    path = export_trunk(Backbone(Pooled(), spec), tmp_path / "trunk", input_size=24)
+    path = export_trunk(Backbone(Pooled(net), spec), tmp_path / "trunk", input_size=24)
     side = json.loads(path.with_suffix(".json").read_text())
     assert path.suffix == ".onnx" and side["input_size"] == 24 and side["interpolation"] == "bicubic" and side["exported_sha256"] == "abc"
     backbone = load_backbone(f"onnx:{path}")
