@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -60,3 +61,17 @@ def report_sections(page: str) -> dict[str, str]:
     import re
 
     return dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page, re.S))
+
+
+def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """Run ``headstart.cli.main`` in this process (the console script's entry point) on ``args``: (exit code, stdout, stderr)."""
+    from headstart.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["headstart", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_BACKBONE
+from conftest import TINY_BACKBONE, run_cli
 from PIL import Image
 
 TINY = ["--backbone", TINY_BACKBONE, "--image-size", "32"]
@@ -238,17 +238,7 @@ def probe_run(tmp_path_factory) -> Path:
     return out
 
 
-def run(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    from headstart.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["headstart", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+run = run_cli  # the CLI in this process: tests/conftest.py
 
 
 def check(case: Case, code: int, out: str, err: str) -> None:

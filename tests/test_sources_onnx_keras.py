@@ -19,6 +19,7 @@ from headstart.backbones.onnx_adapter import export_trunk
 from headstart.backbones.packaged import sha256_file
 from headstart.data import load_data
 from headstart.errors import DataError, MissingDependencyError, WeightsMismatchError, WeightsUnavailableError
+from conftest import run_cli
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -64,19 +65,6 @@ def onnx_model(tmp_path_factory) -> tuple[Path, TwoOutputs]:
     path = _export(net, tmp_path_factory.mktemp("onnx") / "tiny.onnx", torch.zeros(2, 3, SIZE, SIZE), ["features", "stage1"])
     path.with_suffix(".json").write_text(json.dumps({**SIDECAR, "features": "features"}))
     return path, net
-
-
-def _run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    from headstart.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["headstart", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _one_error_line(code: int, err: str) -> str:
@@ -202,7 +190,7 @@ def test_missing_onnxruntime_gives_the_install_hint(onnx_model, monkeypatch):
 def test_finetune_refuses_an_onnx_backbone_in_one_line(onnx_model, tmp_path, monkeypatch, capsys):
     path, _ = onnx_model
     np.savez(tmp_path / "d.npz", x=_squares()[0], y=_squares()[1])
-    code, _, err = _run_cli(["finetune", str(tmp_path / "d.npz"), "-b", f"onnx:{path}", "--epochs", "1", "--out", str(tmp_path / "ft")], monkeypatch, capsys)
+    code, _, err = run_cli(["finetune", str(tmp_path / "d.npz"), "-b", f"onnx:{path}", "--epochs", "1", "--out", str(tmp_path / "ft")], monkeypatch, capsys)
     line = _one_error_line(code, err)
     assert "cannot fine-tune" in line and "onnx2torch" in line and "file:" in line
     assert not (tmp_path / "ft").exists()  # refused before any work
@@ -215,7 +203,7 @@ def test_finetune_refuses_an_onnx_backbone_in_one_line(onnx_model, tmp_path, mon
 def test_probe_and_extract_cli_on_an_onnx_backbone(onnx_model, tmp_path, monkeypatch, capsys):
     path, net = onnx_model
     args = ["probe", "builtin:animal-mnist", "-b", f"onnx:{path}", "--per-class", "5", "--out", str(tmp_path / "p"), "--json"]
-    code, out, err = _run_cli(args, monkeypatch, capsys)
+    code, out, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     report = json.loads(out)
     assert report["runs"][0]["backbone"] == f"onnx:{path.resolve()}" and 0 <= report["runs"][0]["test/accuracy"] <= 1
@@ -225,7 +213,7 @@ def test_probe_and_extract_cli_on_an_onnx_backbone(onnx_model, tmp_path, monkeyp
     items = load_data("builtin:animal-mnist", per_class=5, seed=0).items[:4]
     assert bundle.predict_proba(list(items)).shape == (4, 10)
     np.savez(tmp_path / "d.npz", x=_squares()[0], y=_squares()[1])
-    code, out, err = _run_cli(["extract", str(tmp_path / "d.npz"), "-b", f"onnx:{path}", "--layer", "stage1", "--json", "--quiet"], monkeypatch, capsys)
+    code, out, err = run_cli(["extract", str(tmp_path / "d.npz"), "-b", f"onnx:{path}", "--layer", "stage1", "--json", "--quiet"], monkeypatch, capsys)
     assert code == 0, err
     assert json.loads(out)["shape"][1] == 8
 
@@ -234,7 +222,7 @@ def test_missing_sidecar_is_one_cli_line(onnx_model, tmp_path, monkeypatch, caps
     path, _ = onnx_model
     bare = tmp_path / "bare.onnx"
     bare.write_bytes(path.read_bytes())
-    line = _one_error_line(*_run_cli(["extract", "builtin:animal-mnist", "-b", f"onnx:{bare}"], monkeypatch, capsys)[::2])
+    line = _one_error_line(*run_cli(["extract", "builtin:animal-mnist", "-b", f"onnx:{bare}"], monkeypatch, capsys)[::2])
     assert "sidecar" in line and "bare.json" in line
 
 
@@ -330,7 +318,7 @@ def test_keras_backbone_fine_tunes_and_its_bundle_predicts_like_the_model(keras_
 def test_keras_probe_cli_runs(keras_model, tmp_path, monkeypatch, capsys):
     path, _ = keras_model
     args = ["probe", "builtin:animal-mnist", "-b", f"keras:{path}", "--per-class", "5", "--out", str(tmp_path / "p"), "--json"]
-    code, out, err = _run_cli(args, monkeypatch, capsys)
+    code, out, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     assert json.loads(out)["runs"][0]["backbone"] == f"keras:{path.resolve()}"
 
@@ -339,7 +327,7 @@ def test_keras_problems_are_one_line(keras_model, tmp_path, monkeypatch, capsys)
     path, _ = keras_model
     bare = tmp_path / "bare.keras"
     bare.write_bytes(path.read_bytes())
-    line = _one_error_line(*_run_cli(["extract", "builtin:animal-mnist", "-b", f"keras:{bare}"], monkeypatch, capsys)[::2])
+    line = _one_error_line(*run_cli(["extract", "builtin:animal-mnist", "-b", f"keras:{bare}"], monkeypatch, capsys)[::2])
     assert "sidecar" in line and "bare.json" in line
     from headstart.backbones.keras_adapter import import_keras
 
