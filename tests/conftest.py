@@ -36,6 +36,26 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def arrays():
+    """300 16x16 images, 3 classes told apart by where a bright bar sits (the fine-tuning tests' data)."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 100)
+    images = rng.integers(0, 60, size=(300, 16, 16)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        top = 2 + 4 * label
+        images[i, top : top + 5, 3:13] = 220
+    return images, labels
+
+
+@pytest.fixture
+def data(arrays):
+    """``arrays`` as a Dataset (seeded split)."""
+    from headstart.data import load_data
+
+    return load_data(arrays, seed=0)
+
+
 @pytest.fixture
 def tiny_arrays():
     """60 random 16x16 grayscale images in 3 classes whose brightness differs by class."""

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from headstart.backbones import load_backbone
 from headstart.bundles import Bundle
 from headstart.cli import app
-from headstart.data import load_data
 from headstart.data.augment import AugmentConfig, augment_batch, pil_train_transform
 from headstart.engine import keep
 from headstart.finetune import adapter as classification
@@ -26,23 +25,6 @@ from conftest import TINY_BACKBONE
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
     """Every test of this module runs torch on one thread (tests/conftest.py's one_thread)."""
-
-
-@pytest.fixture(scope="module")
-def arrays():
-    """300 16x16 images, 3 classes told apart by where a bright bar sits."""
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(3), 100)
-    images = rng.integers(0, 60, size=(300, 16, 16)).astype(np.uint8)
-    for i, label in enumerate(labels):
-        top = 2 + 4 * label
-        images[i, top : top + 5, 3:13] = 220
-    return images, labels
-
-
-@pytest.fixture
-def data(arrays):
-    return load_data(arrays, seed=0)
 
 
 # ----- flips ----------------------------------------------------------------------------------------

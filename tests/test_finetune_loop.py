@@ -45,23 +45,6 @@ def _one_thread(one_thread):
     """Every test of this module runs torch on one thread (tests/conftest.py's one_thread)."""
 
 
-@pytest.fixture(scope="module")
-def arrays():
-    """300 16x16 images, 3 classes told apart by where a bright square sits."""
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(3), 100)
-    images = rng.integers(0, 60, size=(300, 16, 16)).astype(np.uint8)
-    for i, label in enumerate(labels):
-        top = 2 + 4 * label
-        images[i, top : top + 5, 3:13] = 220
-    return images, labels
-
-
-@pytest.fixture
-def data(arrays):
-    return load_data(arrays, seed=0)
-
-
 @pytest.fixture
 def npz(tmp_path, arrays):
     path = tmp_path / "squares.npz"
