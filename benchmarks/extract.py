@@ -35,7 +35,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import resource
 import shutil
@@ -233,11 +232,6 @@ def machine() -> str:
     return f"{model}, {cores()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
 
 
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="number of JPEGs (default 1000)")
@@ -264,6 +258,8 @@ def main() -> None:
 
     root = build_corpus(args.data_dir or HERE / "_data" / f"jpegs-{args.n}", args.n)
     print(f"corpus: {args.n} JPEGs in {root}; paths: {', '.join(names)}", file=sys.stderr)
+    from _results import load
+
     load_before = load()
     print(f"load average before: {load_before}", file=sys.stderr)
     model = recipe_model()

@@ -440,10 +440,6 @@ def machine() -> tuple[str, int]:
     return cpu_model(), cores()
 
 
-def loadavg() -> str:
-    return " / ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
 def table(soaks: list[Soak]) -> str:
     def cell(s: Soak, row: str) -> str:
         identical = sum(r["identical"] for r in s.rounds)
@@ -517,7 +513,9 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     cpu, cores = machine()
-    load_before = loadavg()
+    from _results import load
+
+    load_before = load()
     began, clock = datetime.datetime.now().astimezone(), time.monotonic()
     if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
         parser.error(f"--keep {args.keep} is not empty: give a new folder (a soak must start from nothing)")
@@ -538,7 +536,7 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
     minutes = (time.monotonic() - clock) / 60
-    load_after = loadavg()
+    load_after = load()
 
     import torch
 
