@@ -227,7 +227,7 @@ def require_onnx() -> None:
 
 
 def export_bundle(bundle: str | Path | Any, out: str | Path | None = None, format: str = "onnx", *, opset: int = OPSET,
-                  trust_remote_code: bool = False, allow_torchscript: bool = False) -> ExportResult:
+                  trust_remote_code: bool = False, allow_torchscript: bool = False, quiet: bool = True) -> ExportResult:
     """Export a classification bundle as one ONNX or ``.pt2`` graph with its calibration, and check it.
 
     Args:
@@ -238,6 +238,7 @@ def export_bundle(bundle: str | Path | Any, out: str | Path | None = None, forma
         opset: The ONNX opset.
         trust_remote_code: Let an ``hf:``/``st:`` backbone folder run the code it ships.
         allow_torchscript: Let a ``file:`` TorchScript backbone load.
+        quiet: Say nothing; else one line on stderr once the bundle and ``out`` passed their checks.
 
     Returns:
         An :class:`ExportResult`, with the largest probability difference between the written file
@@ -261,6 +262,11 @@ def export_bundle(bundle: str | Path | Any, out: str | Path | None = None, forma
         if out is None:
             raise OptionError("export_bundle(bundle_object, ...) needs out=PATH.")
         out = check_output(out, format, loaded.spec.modality == "text", loaded.path)
+    if not quiet:
+        from headstart.console import err_console
+
+        err_console.print(f"exporting {bundle if isinstance(bundle, (str, Path)) else loaded.path} as {format} to {out} "
+                          "(capturing the graph takes a few seconds to a minute)", markup=False, highlight=False)
     try:
         return _export(loaded, out, format, opset)
     except (HeadstartError, MemoryError, KeyboardInterrupt):

@@ -23,18 +23,10 @@ def export_cmd(
     json_out: Json = False,
 ) -> None:
     """Export a bundle (images: uint8 pixels in, probabilities out; texts: token ids in) with its calibration, and check it against the bundle."""
-    from headstart.bundles.base import read_document
-    from headstart.bundles.export import check_exportable, check_format_name, check_output, default_export_path, export_bundle, require_onnx
-    from headstart.console import console, err_console
+    from headstart.bundles.export import export_bundle
+    from headstart.console import console
 
-    check_format_name(format)
-    if format == "onnx":
-        require_onnx()
-    folder = check_exportable(bundle)
-    text = read_document(folder).get("modality") == "text"
-    check_output(out if out is not None else default_export_path(folder, format), format, text, folder)
-    err_console.print(f"exporting {bundle} as {format} (capturing the graph takes a few seconds to a minute)", markup=False, highlight=False)
-    result = export_bundle(bundle, out, format, opset=opset, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript)
+    result = export_bundle(bundle, out, format, opset=opset, trust_remote_code=trust_remote_code, allow_torchscript=allow_torchscript, quiet=False)
     if json_out:
         print_json(result.to_dict())
         return
