@@ -381,19 +381,23 @@ class Bundle:
     def predict_batch(self, inputs: list, top_k: int = 3) -> list[Prediction]:
         """Per-input predictions; an input that fails gets its error, and the others still predict."""
         X, ok, failed = self.features(inputs)
-        results: list[Prediction | None] = [None] * len(inputs)
-        if len(X):
-            proba = self.calibration.apply(self.head.predict_proba(X))
-            names = self.column_names()
-            k = max(1, min(top_k, proba.shape[1]))
-            for row, position in enumerate(ok):
-                order = np.argsort(-proba[row])[:k]
-                ranked = [(names[i], float(proba[row, i])) for i in order]
-                results[position] = Prediction(describe(inputs[position]), ranked[0][0], ranked)
-        for position, reason in failed:
-            results[position] = Prediction(describe(inputs[position]), None, [], reason)
-        assert all(r is not None for r in results)
-        return results  # type: ignore[return-value]
+        proba = self.calibration.apply(self.head.predict_proba(X)) if len(X) else X
+        return ranked_predictions(inputs, proba, ok, failed, self.column_names(), top_k)
+
+
+def ranked_predictions(inputs: list, proba: np.ndarray, ok: list[int], failed: list[tuple[int, str]], names: list[str], top_k: int) -> list[Prediction]:
+    """One :class:`Prediction` per input: the top-k classes of its row of ``proba`` (rows in the order of the
+    positions ``ok``), or the reason it failed (``failed``: ``(position, reason)``)."""
+    results: list[Prediction | None] = [None] * len(inputs)
+    k = max(1, min(top_k, len(names)))
+    for row, position in enumerate(ok):
+        order = np.argsort(-proba[row])[:k]
+        ranked = [(names[i], float(proba[row, i])) for i in order]
+        results[position] = Prediction(describe(inputs[position]), ranked[0][0], ranked)
+    for position, reason in failed:
+        results[position] = Prediction(describe(inputs[position]), None, [], reason)
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
 
 
 def read_calibration(document: dict[str, Any], path: Path, head: Any) -> Calibration:
@@ -412,4 +416,4 @@ def read_calibration(document: dict[str, Any], path: Path, head: Any) -> Calibra
     return calibration
 
 
-__all__ = ["Bundle", "Prediction", "read_calibration"]
+__all__ = ["Bundle", "Prediction", "ranked_predictions", "read_calibration"]

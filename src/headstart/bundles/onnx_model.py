@@ -20,7 +20,7 @@ import numpy as np
 
 from headstart.backbones import BackboneSpec
 from headstart.bundles.base import describe, load_bundle, one_line
-from headstart.bundles.classifier import Prediction
+from headstart.bundles.classifier import Prediction, ranked_predictions
 from headstart.errors import DataError, MissingDependencyError
 
 BATCH = 32
@@ -126,15 +126,7 @@ class OnnxModel:
     def predict_batch(self, inputs: list, top_k: int = 3) -> list[Prediction]:
         """Per-input predictions; an input that fails gets its error, and the others still predict."""
         proba, ok, failed = self.predict_proba_rows(inputs)
-        results: list[Prediction | None] = [None] * len(inputs)
-        k = max(1, min(top_k, len(self.classes)))
-        for row, position in enumerate(ok):
-            order = np.argsort(-proba[row])[:k]
-            ranked = [(self.classes[i], float(proba[row, i])) for i in order]
-            results[position] = Prediction(describe(inputs[position]), ranked[0][0], ranked)
-        for position, reason in failed:
-            results[position] = Prediction(describe(inputs[position]), None, [], reason)
-        return results  # type: ignore[return-value]
+        return ranked_predictions(inputs, proba, ok, failed, self.classes, top_k)
 
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(["probabilities"], feeds)[0]
