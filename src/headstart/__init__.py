@@ -3,7 +3,8 @@
 The public API is small; heavy dependencies import lazily inside the functions that need them.
 A top-level function named like a subpackage (``evaluate``, ``finetune``) would be replaced by
 that subpackage as soon as it is imported, so the entry points have names that no subpackage has:
-``rank_backbones`` (:func:`headstart.workflows.rank.rank_backbones`), ``fine_tune``
+``rank_backbones`` (:func:`headstart.workflows.rank.rank_backbones`), ``auto``
+(:func:`headstart.workflows.auto.auto`), ``fine_tune``
 (:func:`headstart.finetune.finetune`), ``train_detector`` and ``train_segmenter``
 (:mod:`headstart.tasks`), ``evaluate_predictions`` (:func:`headstart.evaluate.evaluate`) and
 ``load_bundle``. ``tests/test_architecture.py`` checks that importing every subpackage leaves them
@@ -31,6 +32,7 @@ _LAZY = {
     "load_bundle": "headstart.bundles",
     "HeadstartError": "headstart.errors",
     "rank_backbones": "headstart.workflows.rank",
+    "auto": "headstart.workflows.auto",
     "fine_tune": "headstart.finetune:finetune",
     "train_detector": "headstart.tasks",
     "train_segmenter": "headstart.tasks",
@@ -46,6 +48,7 @@ __all__ = [
     "LinearProbe",
     "MLPHead",
     "__version__",
+    "auto",
     "evaluate_predictions",
     "extract",
     "fine_tune",

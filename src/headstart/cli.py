@@ -55,6 +55,7 @@ COMMAND_MODULES = (
     "headstart.commands.tasks",
     "headstart.commands.report",
     "headstart.commands.export",
+    "headstart.commands.auto",
 )
 
 @app.command()

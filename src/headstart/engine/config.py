@@ -44,6 +44,10 @@ class TrainConfig:
             validation score is within this many standard errors of the best (the adapter's noise
             model; none for detection and segmentation); 0 keeps the highest score.
         max_cpu_seconds: Stop training once the process has used this much CPU time; None: no limit.
+        max_seconds: Stop training once this call has trained for this many wall-clock seconds (the
+            epoch in progress is cut short, then validated like any other, so the best epoch so far
+            is kept); None: no limit. Not part of what ``resume`` compares: a resumed run gets its
+            own limit.
         val_fraction: Share of the training data held out for validation when there is no val split.
         mixed_precision: ``auto``, ``no``, ``bf16`` or ``fp16``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (resolved once, when the run starts).
@@ -68,6 +72,7 @@ class TrainConfig:
     patience: int | None = None
     keep_within: float = KEEP_WITHIN
     max_cpu_seconds: float | None = None
+    max_seconds: float | None = None
     val_fraction: float = 0.1
     mixed_precision: str = "auto"
     device: str = "auto"
@@ -109,6 +114,10 @@ class TrainConfig:
         keep_within = self.keep_within
         if not (isinstance(keep_within, (int, float)) and not isinstance(keep_within, bool) and 0 <= keep_within and math.isfinite(keep_within)):
             raise OptionError(f"--keep-within must be a number of standard errors >= 0, got {keep_within!r}; 0 keeps the epoch with the best validation score.")
+        for name in ("max_cpu_seconds", "max_seconds"):
+            limit = getattr(self, name)
+            if limit is not None and not (isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0):
+                raise OptionError(f"--{name.replace('_', '-')} must be a number of seconds > 0, got {limit!r}.")
         if not 0 <= self.warmup_epochs:
             raise OptionError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs!r}.")
         if not 0 <= self.val_fraction < 1:

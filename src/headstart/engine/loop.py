@@ -118,6 +118,7 @@ class _Loop:
         self.scheduler = make_scheduler(self.inner, n_batches, config.accumulation_steps, config.warmup_epochs, config.epochs)
         self.best: dict[str, torch.Tensor] | None = None
         self.state: dict[str, Any] = {}
+        self.wall_started = time.perf_counter()  # for max_seconds: this call's training time, resumed or not
 
     def go(self, extra_state: dict[str, Any]) -> dict[str, Any]:
         config, run = self.config, self.run
@@ -214,6 +215,7 @@ class _Loop:
         config, state, adapter = self.config, self.state, self.adapter
         phase, net = None, self.model
         cpu_before, cpu_mark = state["cpu_used"], time.process_time()
+        self.wall_started = time.perf_counter()
         while state["epoch"] < config.epochs and not state["done"]:
             epoch = state["epoch"]
             if self.policy.phase_at(epoch) != phase:
@@ -279,6 +281,9 @@ class _Loop:
             if last_of_group:
                 self._step(trainable)
             if config.max_cpu_seconds is not None and cpu_before + time.process_time() - cpu_mark > config.max_cpu_seconds:
+                self.state["stopped_by_budget"] = True
+                break
+            if config.max_seconds is not None and time.perf_counter() - self.wall_started > config.max_seconds:
                 self.state["stopped_by_budget"] = True
                 break
         return adapter.train_metrics(tallies, accelerator), len(tallies)

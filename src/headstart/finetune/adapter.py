@@ -158,7 +158,7 @@ class ClassificationAdapter(Adapter):
             stopped_early=state["stopped_early"], test=test, probe_test_accuracy=state.get("probe_test_accuracy"), start=state.get("start"),
             bundle=bundle, bundle_path=None, out=config.out, seconds=time.perf_counter() - run.started, processes=run.world,
             device=str(run.accelerator.device), mixed_precision=run.accelerator.mixed_precision, model=model, calibration=record,
-            augment=augment, keep_rule=state.get("keep_rule"),
+            augment=augment, keep_rule=state.get("keep_rule"), stopped_by_budget=bool(state.get("stopped_by_budget")),
         )
         if run.main and config.out is not None:
             save_run(result, setup.settings, data, state.get("probe_store_key"), config.resume)

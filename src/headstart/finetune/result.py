@@ -47,6 +47,7 @@ class FinetuneResult:
             ``test_ece_after`` (``test`` holds the calibrated metrics; the accuracy is the same).
         augment: The training augmentations (crop scale and ratio, ``flip``, ``randaugment``); None for text.
         keep_rule: The kept-epoch rule and its inputs (see :mod:`headstart.engine.keep`).
+        stopped_by_budget: Whether ``max_seconds`` cut training short.
     """
 
     backbone: str
@@ -70,6 +71,7 @@ class FinetuneResult:
     calibration: dict[str, Any] | None = None
     augment: dict[str, Any] | None = None
     keep_rule: dict[str, Any] | None = None
+    stopped_by_budget: bool = False
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -88,6 +90,7 @@ class FinetuneResult:
             "augment": self.augment,
             "start": self.start,
             "stopped_early": self.stopped_early,
+            "stopped_by_budget": self.stopped_by_budget,
             "test": self.test.to_dict() if self.test else None,
             "test_accuracy": self.test.accuracy if self.test else None,
             "probe_test_accuracy": self.probe_test_accuracy,

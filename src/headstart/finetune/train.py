@@ -39,6 +39,7 @@ def finetune(
     max_grad_norm: float | None = 1.0,
     ema_decay: float | None = None,
     patience: int | None = 5,
+    max_seconds: float | None = None,
     keep_within: float = KEEP_WITHIN,
     val_fraction: float = 0.1,
     crop_scale: tuple[float, float] = (0.35, 1.0),
@@ -84,6 +85,9 @@ def finetune(
             smooths AdamW's noisy first steps but lags behind in longer runs (measured in section
             "Fine-tuning: BatchNorm and EMA" of benchmarks/RESULTS.md).
         patience: Stop after this many epochs without a better validation accuracy; None never stops early.
+        max_seconds: Stop training after this many wall-clock seconds in this call (the epoch in
+            progress is cut short and validated; the kept-epoch rule then picks among the epochs
+            so far); None: no limit. ``headstart auto`` sets it from its budget.
         keep_within: The kept-epoch rule: keep the latest epoch whose validation accuracy is within
             this many binomial standard errors of the best one (1.0 by default; measured in
             ``benchmarks/finetune_curves.py``); 0 keeps the epoch with the best validation accuracy.

@@ -15,6 +15,7 @@ from typing import Any
 
 from headstart.errors import DataError
 from headstart.runs.schema import (
+    AUTO_FILE,
     CAPTIONS_FILE,
     DATASET,
     EPOCH_COLUMNS,
@@ -54,6 +55,7 @@ class RunFiles:
         manifest: ``manifest.json``.
         results: Rows of the comparison table (``metrics.json`` ``runs``, or ``results.csv``).
         rank: ``rank.json``.
+        auto: ``auto.json`` of a ``headstart auto`` run: its plan, steps and decisions.
         logs: CSV logs with an epoch or step column.
         predictions: Rows of ``test_predictions.csv``.
         prediction_images: Pictures under ``predictions/``.
@@ -65,6 +67,7 @@ class RunFiles:
     manifest: dict[str, Any] | None = None
     results: list[dict[str, Any]] = field(default_factory=list)
     rank: Any = None
+    auto: dict[str, Any] | None = None
     logs: list[EpochLog] = field(default_factory=list)
     predictions: list[dict[str, str]] = field(default_factory=list)
     prediction_images: list[Path] = field(default_factory=list)
@@ -85,7 +88,7 @@ class RunFiles:
         """``probe``, ``finetune``, ``rank``, ``detect``, ``segment``, or ``run``, from the command and the files."""
         command = (self.manifest or {}).get("command") or []
         words = [str(word) for word in command] if isinstance(command, list) else str(command).split()
-        for kind in ("finetune", "rank", "probe", "demo", "detect", "segment"):
+        for kind in ("auto", "finetune", "rank", "probe", "demo", "detect", "segment"):
             if kind in words[1:3]:
                 return kind
         task = (self.manifest or {}).get("task")
@@ -113,6 +116,8 @@ def read_run(path: str | Path) -> RunFiles:
     run.metrics = read_json(path / METRICS_FILE, run.notes)
     run.manifest = read_json(path / MANIFEST_FILE, run.notes)
     run.rank = read_json(path / RANK_FILE, run.notes)
+    auto = read_json(path / AUTO_FILE, run.notes)
+    run.auto = auto if isinstance(auto, dict) else None
     if isinstance(run.metrics, dict) and isinstance(run.metrics.get(PROBE_RUNS), list):
         run.results = [row for row in run.metrics[PROBE_RUNS] if isinstance(row, dict)]
     elif (path / RESULTS_FILE).is_file():

@@ -45,6 +45,7 @@ THUMBNAIL_DIR = "thumbnails"
 PREDICTION_IMAGE_DIR = "predictions"
 CAPTIONS_FILE = "captions.json"
 REPORT_FILE = "report.html"
+AUTO_FILE = "auto.json"  # headstart auto: the plan, every step's result and cost, and one sentence per decision
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp")
 # The files a report draws (besides epoch logs and predictions/).
 RUN_FILES = (METRICS_FILE, MANIFEST_FILE, RESULTS_FILE, RANK_FILE, PREDICTIONS_FILE)

@@ -166,10 +166,10 @@ def train_and_test(head: Any, X, labels: np.ndarray, split: np.ndarray, valid: n
 
 def predict_test_rows(features: Features, head: Any, calibration: Calibration | None = None) -> dict[str, np.ndarray] | None:
     """Dataset index, true and predicted class, and (calibrated) confidence of each test row (single-label only)."""
-    return _test_rows(features.X, features.labels, features.split, features.valid, features.classes, head, calibration)
+    return test_row_predictions(features.X, features.labels, features.split, features.valid, features.classes, head, calibration)
 
 
-def _test_rows(X, labels: np.ndarray, split: np.ndarray, valid: np.ndarray, classes: list[str], head: Any,
+def test_row_predictions(X, labels: np.ndarray, split: np.ndarray, valid: np.ndarray, classes: list[str], head: Any,
                calibration: Calibration | None = None) -> dict[str, np.ndarray] | None:
     if labels.ndim != 1:
         return None
@@ -393,7 +393,7 @@ def probe_tfidf(data: Dataset, heads: list[str], seed: int, params: dict[str, An
             ProbeRun(
                 backbone=name, head=head_name, image_size=0, layer=bundle.layer, pool=bundle.pool, test=result,
                 extract_seconds=0.0, fit_seconds=fitted.fit_seconds, store_hit=False, store_key=None, bundle=bundle,
-                test_predictions=_test_rows(texts, data.labels, data.split, valid, data.classes, model, fitted.calibration),
+                test_predictions=test_row_predictions(texts, data.labels, data.split, valid, data.classes, model, fitted.calibration),
                 calibration=fitted.record,
             )
         )

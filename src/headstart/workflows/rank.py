@@ -137,7 +137,7 @@ def rank_backbones(
         names += ("linear",)
         if combine is None:
             combination = Combination(combination.scores + ("linear",), combination.method)
-    rows_index, per_class = _subsample_rows(data, sample, seed)
+    rows_index, per_class = sample_rows(data, sample, seed)
     device = resolve_device(device)
     check_out_dir(out)
     store = store or FeatureStore()
@@ -324,7 +324,7 @@ def _baseline_row(candidate: Candidate, sub: Dataset, names: tuple[str, ...], se
     return row
 
 
-def _subsample_rows(data: Dataset, sample: int, seed: int) -> tuple[np.ndarray, int]:
+def sample_rows(data: Dataset, sample: int, seed: int) -> tuple[np.ndarray, int]:
     """A stratified subsample of the training rows; returns (rows, per-class quota)."""
     if data.multilabel:
         raise DataError(f"{data.source}: ranking needs single-label classification data, but the labels are multi-label.")

@@ -8,6 +8,7 @@ a function here and one entry in :data:`BUILDERS`.
 from __future__ import annotations
 
 from headstart.report.html import Section
+from headstart.report.sections.auto import auto_section
 from headstart.report.sections.calibration import calibration_section
 from headstart.report.sections.curves import curves_section
 from headstart.report.sections.evaluation import confusion_section, per_class_section, reliability_section
@@ -21,6 +22,7 @@ from headstart.runs import RunFiles
 BUILDERS = (
     overview_section,
     dataset_section,
+    auto_section,
     rank_section,
     probe_section,
     curves_section,
