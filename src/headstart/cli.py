@@ -287,14 +287,17 @@ def demo_cmd(
     out: Out = None,
     per_class: Annotated[int, typer.Option("--per-class", help="Training images per class.")] = 100,
     image_size: Annotated[int, typer.Option("--image-size", help="Input size in pixels.")] = 112,
+    budget: Annotated[str, typer.Option("--budget", help="headstart auto's budget (10m, 90s); the default keeps the demo under 5 minutes on 2 cores.")] = "3m",
     seed: Seed = 0,
     json_out: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Offline end-to-end demo on built-in Animal-MNIST: extract, probe, compare, save, predict."""
+    """Offline end-to-end demo on built-in Animal-MNIST: headstart auto (rank, probe, fine-tune, choose) and a random-init control."""
+    from headstart.workflows.auto_plan import parse_budget
     from headstart.workflows.demo import run_demo
 
-    result = run_demo(out=out or Path("runs/demo"), per_class=per_class, image_size=image_size, seed=seed, quiet=quiet or json_out)
+    parse_budget(budget)
+    result = run_demo(out=out or Path("runs/demo"), per_class=per_class, image_size=image_size, seed=seed, quiet=quiet or json_out, budget=budget)
     if json_out:
         print_json(result)
 

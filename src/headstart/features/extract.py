@@ -152,6 +152,21 @@ def store_key(
     return make_key(key_parts(spec, layer, pool, fingerprint, decode, device, runtime, precision))
 
 
+def stored_paths(spec: BackboneSpec, layer: str, pool: str, data, store, device, runtime: str | None = None,
+                 precision: str | None = None, fingerprint: str | None = None) -> list[tuple[str, str | None]]:
+    """The ``(runtime, precision)`` paths allowed here whose features of all of ``data`` are already in ``store``.
+
+    ``spec`` carries the input size to be used. An empty list means extracting would run the network.
+    """
+    from headstart.features.runtime import paths
+
+    device = str(device)
+    decode = "tensor" if device.startswith("cuda") and not data.in_memory and spec.modality == "image" else "pil"
+    fingerprint = fingerprint or data.fingerprint()
+    allowed = paths(spec, device, runtime, precision)[0]
+    return [path for path in allowed if store.meta(store_key(spec, layer, pool, fingerprint, decode, device, *path)) is not None]
+
+
 class _FileImages(torch.utils.data.Dataset):
     """Decodes image files in DataLoader workers; a file that fails yields zeros and its reason."""
 

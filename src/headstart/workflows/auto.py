@@ -2,12 +2,13 @@
 
 :func:`auto` chains the other tools and chooses on validation data only, never on the test split:
 
-1. **Measure and plan.** Each candidate backbone is loaded and two batches of real items are timed
-   through it (and, for image networks, two training steps). :func:`~headstart.workflows.auto_plan.make_plan`
-   turns these costs into a plan that fits the budget; the plan is printed before the long work.
+1. **Measure and plan.** Each candidate backbone is loaded and a few batches of real items are timed
+   through it. :func:`~headstart.workflows.auto_plan.make_plan` turns these costs into a plan that
+   fits the budget; the plan is printed before the long work.
 2. **Rank** every candidate on a stratified sample of the training split
    (:func:`~headstart.workflows.rank.rank_backbones`); the heads are timed on the best one's sample
-   features and the rest of the plan is made again with those times.
+   features, three training steps of the best network are timed, and the rest of the plan is made
+   again with those times.
 3. **Probe** the top candidates on all the data: each head (linear, kNN, MLP) is fitted on all the
    training rows and scored by the accuracy of its out-of-fold predictions
    (:data:`~headstart.workflows.auto_plan.CV_FOLDS` folds, the head's chosen C or k kept).
@@ -55,6 +56,7 @@ from headstart.workflows.auto_plan import (
     measure_candidate,
     parse_budget,
     probe_seconds,
+    time_training,
 )
 
 STATE_FILE = "auto_state.json"
@@ -317,7 +319,7 @@ class _Run:
         rates = dict(self.state.get("head_rates") or DEFAULT_HEAD_RATES)
         plan = make_plan(costs, order, budget=self.clock.budget, spent=self.clock.spent(), n_items=len(self.data), n_train=self.n_train,
                          n_test=self.n_test, n_classes=len(self.data.classes), head_rates=rates, heads=heads,
-                         rank_done="rank_order" in self.state, finetune=finetune)
+                         rank_done="rank_order" in self.state, finetune=finetune, control=control)
         self.state.setdefault("first_plan", plan.to_dict())
         for line in plan.lines():
             self.say(line)
@@ -325,9 +327,14 @@ class _Run:
         if "rank_order" not in self.state:
             order = self.rank(names, costs, plan, image_size, seed)
             rates = self.time_heads(order[0], heads, plan.rank_sample, image_size, seed)
+            trainable = [name for name in order if costs[name].train_item_seconds is not None]
+            if finetune and trainable:  # the network LP-FT would train, if the probes agree with the ranking
+                with self.step("time training steps", 5.0):
+                    costs[trainable[0]] = time_training(self.backbone(trainable[0]), costs[trainable[0]], image_size)
+                self.state["costs"][trainable[0]] = costs[trainable[0]].to_dict()
             plan = make_plan(costs, order, budget=self.clock.budget, spent=self.clock.spent(), n_items=len(self.data),
                              n_train=self.n_train, n_test=self.n_test, n_classes=len(self.data.classes), head_rates=rates, heads=heads,
-                             rank_done=True, finetune=finetune)
+                             rank_done=True, finetune=finetune, control=control)
             self.say("re-planned with the heads timed on the ranking's sample:")
             for line in plan.lines()[1:]:
                 self.say(line)
@@ -354,7 +361,7 @@ class _Run:
             WeightsUnavailableError,
         )
         from headstart.features import FeatureStore
-        from headstart.features.extract import check_modality, check_options
+        from headstart.features.extract import check_modality, check_options, pick_device, stored_paths
         from headstart.heads import tfidf
 
         if "costs" in self.state:
@@ -389,7 +396,10 @@ class _Run:
                 costs[name] = measure_candidate(backbone, self.data, image_size=image_size, store=scratch_store, runtime=self.runtime,
                                                 precision=self.precision, seed=seed, load_seconds=time.perf_counter() - started,
                                                 train=finetune)
-                self.say(f"measured {name}: {costs[name].item_seconds * 1000:.1f} ms per item"
+                spec = backbone.spec.with_input_size(image_size) if backbone.spec.modality == "image" else backbone.spec
+                costs[name].stored = bool(stored_paths(spec, backbone.check_layer(None), "avg", self.data, self.store, pick_device(None).type,
+                                                       self.runtime, self.precision, self.settings["data"]))
+                self.say(f"measured {name}: {costs[name].item_seconds * 1000:.1f} ms per item" + (" (features stored already)" if costs[name].stored else "")
                          + (f", {costs[name].train_item_seconds * 1000:.1f} ms per training item" if costs[name].train_item_seconds else ""))
                 make_plan(costs, list(costs), budget=self.clock.budget, spent=self.clock.spent(), n_items=len(self.data), n_train=self.n_train,
                           n_test=self.n_test, n_classes=len(self.data.classes), head_rates=DEFAULT_HEAD_RATES, heads=("linear",),
@@ -439,6 +449,8 @@ class _Run:
                 timed = {head: make_head(head, random_state=seed) for head in heads}
             y = self.data.labels[rows]
             for head, model in timed.items():
+                if head == "linear":  # a warm-up fit first: the first one in a process carries one-time costs
+                    make_head(head, random_state=seed).fit(X, y)
                 started = time.perf_counter()
                 model.fit(X, y)
                 rates[head] = (time.perf_counter() - started) / len(rows)
@@ -455,7 +467,7 @@ class _Run:
         if name in probes and probes[name].get("done"):
             return
         estimate = probe_seconds(cost, len(self.data), self.n_train, rates, heads)
-        if not must and estimate > self.clock.usable() - self._finetune_reserve():
+        if not must and estimate > self.clock.usable() - self._reserve():
             self.say(f"skipped probing {name}: ~{format_seconds(estimate)} would not fit in the time left")
             probes[name] = {"done": True, "skipped": f"~{format_seconds(estimate)} did not fit in the {format_seconds(self.clock.left())} left"}
             return
@@ -464,7 +476,7 @@ class _Run:
             record: dict[str, Any] = {"cv": {}, "fit_s": {}, "skipped_heads": {}}
             for head in (heads if name != TFIDF else (TFIDF,)):
                 head_cost = head_seconds(rates, len(rows), (head,))
-                if head != heads[0] and head_cost > self.clock.usable() - self._finetune_reserve():
+                if head != heads[0] and head_cost > self.clock.usable() - self._reserve():
                     record["skipped_heads"][head] = f"~{format_seconds(head_cost)} did not fit in the time left"
                     continue
                 started = time.perf_counter()
@@ -478,12 +490,14 @@ class _Run:
         self.say(f"probed {name}: out-of-fold accuracy {scores}")
         self.save()
 
-    def _finetune_reserve(self) -> float:
-        """The fine-tuning the plan keeps time for (the smallest one), while it has not run."""
+    def _reserve(self) -> float:
+        """The time the plan keeps for the steps after the probes (fine-tuning, the control) while they have not run."""
         plan = self.state.get("plan") or {}
-        if not plan.get("epochs") or "finetune" in self.state:
-            return 0.0
-        return {name: seconds for name, seconds in plan["steps"]}.get(next((s for s, _ in plan["steps"] if s.startswith("fine-tune")), ""), 0.0)
+        kept = 0.0
+        for name, seconds in plan.get("steps", []):
+            if (name.startswith("fine-tune") and "finetune" not in self.state) or name == "random-init control":
+                kept += seconds
+        return kept
 
     def training_rows(self, name, image_size):
         """``(X, y, rows)`` of the valid training rows (train and val splits) of ``name``'s features (texts for sk:tfidf)."""

@@ -1,7 +1,8 @@
 """The plan of ``headstart auto``: the budget, the measured costs, and what fits in it.
 
-Nothing here trains anything. :func:`measure_candidate` times one batch of real items through each
-candidate (extraction, decoding included) and, for image networks, a few training steps;
+Nothing here trains anything. :func:`measure_candidate` times a few batches of real items through
+each candidate (extraction, decoding included), and :func:`time_training` a few training steps of
+the network that would be fine-tuned;
 :func:`make_plan` turns those costs and the time left into a :class:`Plan`: how many items the
 ranking scores, how many candidates are probed and with which heads, and whether LP-FT fine-tuning
 fits and for how many epochs. :class:`PlanBar` is the one progress bar of a run, whose ETA covers
@@ -38,12 +39,13 @@ TOP_K = 3  # at most this many candidates are probed on all the data
 RANK_PER_CLASS = 25  # the ranking scores this many training items per class ...
 RANK_MAX = 1000  # ... and at most this many in all
 CV_FOLDS = 3  # out-of-fold predictions that choose among the heads
+REFIT_SHARE = {"linear": 0.3, "knn": 0.3}  # a refit with the chosen C or k, as a share of the first fit (which searches them)
 MIN_EPOCHS = 2  # fewer LP-FT epochs than this is not planned
 MAX_EPOCHS = 6  # the demo's measured LP-FT schedule (benchmarks/finetune_curves.py --part demo)
 VAL_FRACTION = 0.1  # fine-tuning's validation share (its default)
 PLAN_SHARE = 0.85  # plan into this share of the time left; the rest is margin
 FINAL_SECONDS = 4.0  # writing the bundle, the report and the run files
-TIMING_ITEMS = 32  # items per timed batch
+TRAIN_FACTOR = 5.0  # a training step per item, in extractions per item, until timed (MobileNetV2 on 2 cores: about 5)
 
 _BUDGET = re.compile(r"^(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m(?:in)?)?(?:(\d+(?:\.\d*)?)s?)?$")
 
@@ -91,6 +93,9 @@ class CandidateCost:
             when the candidate cannot be fine-tuned.
         train_measured: How ``train_item_seconds`` was obtained.
         feature_dim: The width of its features.
+        call_seconds: The fixed cost of one extraction call (the store's writes, the loader).
+        train_warmup_seconds: What the first training steps take beyond the steady ones.
+        stored: The store holds this candidate's features of all the data (a rerun, or a resume).
     """
 
     name: str
@@ -100,6 +105,13 @@ class CandidateCost:
     train_item_seconds: float | None
     train_measured: str
     feature_dim: int
+    call_seconds: float = 0.0
+    train_warmup_seconds: float = 0.0
+    stored: bool = False
+
+    def extraction(self, n: int) -> float:
+        """Extracting ``n`` items (nothing when the store holds all the data's features already)."""
+        return 0.0 if self.stored else self.call_seconds + n * self.item_seconds
 
     def to_dict(self) -> dict[str, Any]:
         return {key: (round(value, 6) if isinstance(value, float) else value) for key, value in asdict(self).items()}
@@ -159,14 +171,16 @@ def head_seconds(rates: dict[str, float], n: int, heads: tuple[str, ...]) -> flo
     ``rates`` holds seconds per training row of one fit for each head, except the MLP: its time
     follows its epochs, not its rows, so ``mlp_batch`` (seconds per batch of 256 rows in one epoch)
     and ``mlp_epochs`` (the epochs it ran on the ranking's sample, doubled; at most its 200) give it.
+    The refits keep the C or k the first fit chose (:data:`REFIT_SHARE` of a fit); the MLP's redo all of it.
     """
-    refits = 1 + CV_FOLDS * (CV_FOLDS - 1) / CV_FOLDS
+    refits = CV_FOLDS * (CV_FOLDS - 1) / CV_FOLDS
     total = 0.0
     for head in heads:
+        share = 1 + REFIT_SHARE.get(head, 1.0) * refits
         if head == "mlp" and "mlp_batch" in rates:
-            total += rates["mlp_epochs"] * math.ceil(0.8 * n / 256) * rates["mlp_batch"] * refits
+            total += rates["mlp_epochs"] * math.ceil(0.8 * n / 256) * rates["mlp_batch"] * share
         else:
-            total += rates.get(head, 0.0) * n * refits
+            total += rates.get(head, 0.0) * n * share
     return float(total)
 
 
@@ -174,7 +188,7 @@ def probe_seconds(cost: CandidateCost, n_items: int, n_train: int, head_rates: d
     """Extracting every item with ``cost``'s candidate, then its heads."""
     if cost.name == "sk:tfidf":
         return head_seconds(head_rates, n_train, ("sk:tfidf",))
-    return cost.load_seconds + n_items * cost.item_seconds + head_seconds(head_rates, n_train, heads)
+    return cost.load_seconds + cost.extraction(n_items) + head_seconds(head_rates, n_train, heads)
 
 
 def epoch_seconds(cost: CandidateCost, n_fit: int, n_val: int) -> float:
@@ -184,14 +198,14 @@ def epoch_seconds(cost: CandidateCost, n_fit: int, n_val: int) -> float:
 
 def finetune_seconds(cost: CandidateCost, epochs: int, n_fit: int, n_val: int, n_test: int) -> float:
     """LP-FT for ``epochs``: setup and the start's validation, the epochs, then calibration and the test split."""
-    setup = cost.load_seconds + 2.0 + n_val * cost.item_seconds
+    setup = cost.load_seconds + 2.0 + cost.train_warmup_seconds + 2 * cost.call_seconds + n_val * cost.item_seconds
     return setup + epochs * epoch_seconds(cost, n_fit, n_val) + (n_val + n_test) * cost.item_seconds
 
 
 def make_plan(
     costs: dict[str, CandidateCost], order: list[str], *, budget: float, spent: float, n_items: int, n_train: int, n_test: int,
     n_classes: int, head_rates: dict[str, float], heads: tuple[str, ...] = HEADS, rank_done: bool = False, finetune: bool = True,
-    max_epochs: int = MAX_EPOCHS, top_k: int = TOP_K,
+    max_epochs: int = MAX_EPOCHS, top_k: int = TOP_K, control: bool = False,
 ) -> Plan:
     """The plan for the time left, from the measured costs.
 
@@ -210,6 +224,7 @@ def make_plan(
         finetune: Whether fine-tuning may be planned.
         max_epochs: Most LP-FT epochs.
         top_k: Most candidates to probe.
+        control: Keep time for the random-init control (the best candidate's cost, linear head).
 
     Raises:
         OptionError: The smallest plan (rank, then probe the best candidate) does not fit the budget.
@@ -220,10 +235,12 @@ def make_plan(
     rank_sample = min(n_train, max(RANK_PER_CLASS * n_classes, 2 * n_classes), RANK_MAX)
     steps: list[tuple[str, float]] = []
     if not rank_done:
-        rank = sum(c.load_seconds + c.first_seconds + rank_sample * c.item_seconds + 0.5 for c in costs.values()) + 1.0
+        rank = sum(c.load_seconds + c.first_seconds + c.extraction(rank_sample) + 0.5 for c in costs.values()) + 1.0
         steps.append((f"rank {len(costs)} candidates on {rank_sample} items", rank))
     first = order[0]
     heads = tuple(heads)
+    if control and costs[first].name != "sk:tfidf":
+        steps.append(("random-init control", probe_seconds(costs[first], n_items, n_train, head_rates, ("linear",))))
     before = sum(seconds for _, seconds in steps)
     # The best-ranked candidate is always probed: with every head when that fits, else without the costliest ones.
     while len(heads) > 1 and before + probe_seconds(costs[first], n_items, n_train, head_rates, heads) > usable:
@@ -275,62 +292,85 @@ def make_plan(
         reasons.append(f"probe the top {len(chosen)}: the next ({dropped[0]}, ~{format_seconds(probes[dropped[0]])}) does not fit")
     elif dropped:
         reasons.append(f"probe the top {len(chosen)} of {len(order)} candidates")
+    control_step = [step for step in steps if step[0] == "random-init control"]
+    steps = [step for step in steps if step[0] != "random-init control"]
     for name in chosen:
         steps.append((f"probe {name}", probes[name]))
     if epochs:
         steps.append((f"fine-tune (LP-FT, {epochs} epochs)", tune_cost))
+    steps += control_step
     steps.append(("choose and save", FINAL_SECONDS))
     return Plan(budget, spent, rank_sample, chosen, tuple(heads), epochs, per_epoch, steps, reasons)
 
 
 def measure_candidate(backbone, data, *, image_size: int | None, store, runtime: str | None, precision: str | None, seed: int,
                       load_seconds: float, train: bool = True) -> CandidateCost:
-    """Time two batches of real items through ``backbone`` (the second is the steady state) and, for images, training steps.
+    """Time real items of the training split through ``backbone``: the steady cost per item, and the fixed costs.
 
-    The batches are items of the training split, extracted into ``store`` (a throwaway one: the
-    timing must not leave entries that look like the data's). For an image network, two training
-    steps (forward and backward) of a copy of it on a batch of that size are timed; the second is
-    kept. A text encoder's training step is taken as three times its extraction (a backward pass
-    costs about twice a forward one), since its batches depend on the texts' lengths.
+    Three extractions into ``store`` (a throwaway one: the timing must not leave entries that look
+    like the data's), all in batches of 8: a warm-up of 8 items (the first call also makes the
+    runtime's one-time choice), then 16 and 48 other items; the per-item cost is the difference of
+    the last two over 32 items, so each call's fixed cost (the store's writes, the loader) is not
+    counted per item. A
+    training step is taken as :data:`TRAIN_FACTOR` extractions until :func:`time_training` times it.
     """
-    import copy
-
-    import torch
-
+    from headstart.backbones import NotTrainableError, check_trainable
     from headstart.features import extract
 
     rows = np.random.default_rng(seed).permutation(data.indices("train"))
-    n = min(TIMING_ITEMS, max(1, len(rows) // 2))
+    sizes = [n for n in (8, 16, 48) if n <= len(rows)] or [len(rows)]
     spec = backbone.spec.with_input_size(image_size) if backbone.spec.modality == "image" else backbone.spec
-    timings = []
-    for part in (rows[:n], rows[n: 2 * n] if len(rows) >= 2 * n else rows[:n]):
-        started = time.perf_counter()
-        extract(backbone, data.subset(part), image_size=image_size, batch_size=n, store=store, quiet=True, runtime=runtime, precision=precision)
-        timings.append(time.perf_counter() - started)
-    item = timings[1] / n
-    first = max(0.0, timings[0] - timings[1])
-    from headstart.backbones import NotTrainableError, check_trainable
-
+    timings, start = [], 0
+    for n in sizes:
+        part = rows[start: start + n] if start + n <= len(rows) else rows[:n]
+        start += n
+        began = time.perf_counter()
+        # One batch size throughout: a new batch shape would add its own one-time kernel set-up to the timing.
+        extract(backbone, data.subset(part), image_size=image_size, batch_size=sizes[0], store=store, quiet=True, runtime=runtime,
+                precision=precision)
+        timings.append(time.perf_counter() - began)
+    if len(sizes) == 3:
+        item = max((timings[2] - timings[1]) / (sizes[2] - sizes[1]), 0.2 * timings[2] / sizes[2])
+        call = max(0.0, timings[1] - sizes[1] * item)
+    else:
+        item, call = timings[-1] / sizes[-1], 0.0
+    first = max(0.0, timings[0] - sizes[0] * item - call)
     try:
         check_trainable(backbone)
         trainable = train
     except NotTrainableError:
         trainable = False
-    train_item, how = None, "cannot be fine-tuned"
-    if trainable and spec.modality == "image":
-        net = copy.deepcopy(backbone).train()
-        batch = torch.randn(min(n, 16), 3, spec.input_size, spec.input_size)
-        seconds = []
-        for _ in range(3):
-            started = time.perf_counter()
-            net(batch).float().pow(2).mean().backward()
-            seconds.append(time.perf_counter() - started)
-        del net
-        train_item = min(seconds[1:]) / len(batch) + item  # the step, plus decoding and augmenting the item (about an extraction)
-        how = f"the faster of 2 timed training steps of {len(batch)} images (after a warm-up step), plus decoding"
-    elif trainable:
-        train_item, how = 3.0 * item, "3x extraction (a backward pass costs about two forward ones)"
-    return CandidateCost(spec.name, load_seconds, item, first, train_item, how, int(spec.feature_dim or 0))
+    train_item = TRAIN_FACTOR * item if trainable else None
+    how = f"{TRAIN_FACTOR:g}x extraction, until timed" if trainable else "cannot be fine-tuned"
+    return CandidateCost(spec.name, load_seconds, item, first, train_item, how, int(spec.feature_dim or 0), call)
+
+
+def time_training(backbone, cost: CandidateCost, image_size: int | None) -> CandidateCost:
+    """``cost`` with its training step timed: three forward and backward passes of a copy of an image network.
+
+    The last step gives the steady cost (plus decoding, about an extraction per item); what the first
+    two took beyond it is the one-time warm-up. Text encoders keep the estimate (their batches' cost
+    depends on the texts' lengths).
+    """
+    import copy
+    import dataclasses
+
+    import torch
+
+    if cost.train_item_seconds is None or backbone.spec.modality != "image":
+        return cost
+    size = image_size or backbone.spec.input_size
+    net = copy.deepcopy(backbone).train()
+    batch = torch.randn(16, 3, size, size)
+    seconds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        net(batch).float().pow(2).mean().backward()
+        seconds.append(time.perf_counter() - started)
+    del net
+    step = seconds[-1]
+    return dataclasses.replace(cost, train_item_seconds=step / len(batch) + cost.item_seconds, train_warmup_seconds=max(0.0, sum(seconds[:2]) - 2 * step),
+                               train_measured=f"3 timed training steps of {len(batch)} images (the last one), plus decoding")
 
 
 class PlanBar:
@@ -413,4 +453,4 @@ class PlanBar:
                               eta=f"ETA {format_seconds(left)}" if left > 0 else "")
 
 
-__all__ = ["HEADS", "CandidateCost", "Plan", "PlanBar", "make_plan", "measure_candidate", "parse_budget"]
+__all__ = ["HEADS", "CandidateCost", "Plan", "PlanBar", "make_plan", "measure_candidate", "parse_budget", "time_training"]

@@ -123,8 +123,8 @@ def rank_backbones(
     from headstart.backbones import load_backbone
     from headstart.device import resolve_device
     from headstart.features import FeatureStore, extract
-    from headstart.features.extract import store_key
-    from headstart.features.runtime import check_runtime, paths
+    from headstart.features.extract import stored_paths
+    from headstart.features.runtime import check_runtime
     from headstart.io import check_out_dir
 
     started = time.perf_counter()
@@ -178,9 +178,7 @@ def rank_backbones(
 
         # Features: read the subsample's rows back when the whole dataset is stored (as after a
         # probe run), else extract just the subsample.
-        decode = "tensor" if str(device).startswith("cuda") and not data.in_memory and spec.modality == "image" else "pil"
-        allowed = paths(spec, device, runtime, precision)[0]
-        whole = [path for path in allowed if store.meta(store_key(spec, layer, pool, fingerprint_full, decode, device, *path)) is not None]
+        whole = stored_paths(spec, layer, pool, data, store, device, runtime, precision, fingerprint_full)
         if whole:
             features = extract(
                 backbone, data, layer=layer, pool=pool, image_size=size, device=device, store=store, quiet=quiet, runtime=whole[0][0], precision=whole[0][1]
