@@ -172,3 +172,20 @@ def test_auto_cli_contract(arrays, tmp_path, monkeypatch, capsys, one_thread):
     assert code == 2 and "--resume needs --out" in stderr
     code, _, stderr = run_cli([*base, "--budget", "1s", "--out", str(tmp_path / "short")], monkeypatch, capsys)
     assert code == 2 and "too short" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.slow
+def test_finetune_max_seconds_stops_training_and_keeps_the_best_so_far(data, one_thread):
+    from headstart.finetune import finetune
+
+    result = finetune(data, TINY_BACKBONE, strategy="lp-ft", epochs=5, image_size=32, max_seconds=0.01, quiet=True)
+    assert result.stopped_by_budget and len(result.history) == 1  # cut short in its first epoch, which is still validated
+    assert result.history[0]["val_accuracy"] is not None and result.to_dict()["stopped_by_budget"] is True
+    assert result.best_epoch in (-1, 0) and result.test is not None
+
+
+def test_max_seconds_must_be_positive():
+    from headstart.engine import TrainConfig
+
+    with pytest.raises(OptionError, match="--max-seconds"):
+        TrainConfig(max_seconds=0)

@@ -205,6 +205,13 @@ def inputs(tmp_path_factory) -> dict[str, Case]:
     broken_coco = root / "coco.json"
     broken_coco.write_text('{"images": [')
     cases["detect train on a broken COCO file"] = Case(["detect", "train", str(broken_coco), *TINY], 2, ["coco.json"])
+    # -- auto
+    tiny_auto = ["auto", ok, "--candidates", TINY_BACKBONE, "--image-size", "32"]
+    cases["auto budget that is not a duration"] = Case([*tiny_auto, "--budget", "soon"], 2, ["--budget", "10m"])
+    cases["auto budget too short"] = Case([*tiny_auto, "--budget", "1s", "--out", str(root / "auto-short")], 2, ["too short", "--budget"])
+    cases["auto unknown head"] = Case([*tiny_auto, "--head", "svm"], 2, ["svm"])
+    cases["auto resume without a run"] = Case([*tiny_auto, "--resume", "--out", str(root / "auto-none")], 2, ["Nothing to resume"])
+    cases["auto only unknown candidates"] = Case(["auto", ok, "--candidates", "tv:no_such_net", "--budget", "1m"], 2, ["no_such_net"])
     cases["segment train epochs 0"] = Case(["segment", "train", "builtin:animal-scenes?train=8&test=4&size=64", *TINY, "--epochs", "0"], 2, ["--epochs"])
     return cases
 
@@ -270,6 +277,8 @@ CASE_NAMES = [
     "export without a bundle", "export to an unknown format", "export a tf-idf bundle", "predict with a file that is not ONNX",
     "report of a missing folder", "cache rm without a key", "detect train on a missing path",
     "detect train on a broken COCO file", "segment train epochs 0",
+    "auto budget that is not a duration", "auto budget too short", "auto unknown head", "auto resume without a run",
+    "auto only unknown candidates",
 ]
 
 

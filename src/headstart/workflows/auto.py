@@ -218,6 +218,13 @@ def auto(
         with PlanBar(quiet) as bar:
             run.bar = bar
             return run.go(names, heads, image_size, seed, finetune, control)
+    except KeyboardInterrupt:
+        if out is not None:
+            from headstart.console import err_console
+
+            err_console.print(f"interrupted: continue with the same command plus --resume (run folder {out}); "
+                              f"{clock.spent():.0f} s of the budget are spent", highlight=False, soft_wrap=True)
+        raise
     finally:
         clock.stop()
         if out is not None and out.is_dir():
@@ -373,6 +380,7 @@ class _Run:
                 allows_remote_code(name)
         costs: dict[str, CandidateCost] = {}
         skipped: list[dict[str, str]] = []
+        measured: list[str] = []
         with tempfile.TemporaryDirectory(prefix="headstart-auto-timing-") as scratch, self.step("measure candidates", 2.0 * len(names)):
             scratch_store = FeatureStore(scratch)
             for position, name in enumerate(names):
@@ -387,9 +395,9 @@ class _Run:
                 started = time.perf_counter()
                 try:
                     backbone = self.backbone(name)
-                except (WeightsUnavailableError, WeightsMismatchError, UnknownBackboneError, LayerError) as error:
+                except (WeightsUnavailableError, WeightsMismatchError) as error:  # a name that does not resolve stops the run
                     skipped.append({"candidate": name, "reason": str(error)})
-                    self.say(f"skipped {name}: {error}")
+                    measured.append(f"skipped {name}: {error}")
                     continue
                 check_modality(backbone.spec, self.data)
                 check_options(backbone, backbone.check_layer(None), "avg", image_size, "auto")
@@ -399,13 +407,17 @@ class _Run:
                 spec = backbone.spec.with_input_size(image_size) if backbone.spec.modality == "image" else backbone.spec
                 costs[name].stored = bool(stored_paths(spec, backbone.check_layer(None), "avg", self.data, self.store, pick_device(None).type,
                                                        self.runtime, self.precision, self.settings["data"]))
-                self.say(f"measured {name}: {costs[name].item_seconds * 1000:.1f} ms per item" + (" (features stored already)" if costs[name].stored else "")
-                         + (f", {costs[name].train_item_seconds * 1000:.1f} ms per training item" if costs[name].train_item_seconds else ""))
+                # Printed with the plan, once every candidate is measured (a refusal below is then the only line).
+                measured.append(f"measured {name}: {costs[name].item_seconds * 1000:.1f} ms per item"
+                                + (" (features stored already)" if costs[name].stored else "")
+                                + (f", {costs[name].train_item_seconds * 1000:.1f} ms per training item" if costs[name].train_item_seconds else ""))
                 make_plan(costs, list(costs), budget=self.clock.budget, spent=self.clock.spent(), n_items=len(self.data), n_train=self.n_train,
                           n_test=self.n_test, n_classes=len(self.data.classes), head_rates=DEFAULT_HEAD_RATES, heads=("linear",),
                           finetune=False)  # refuses a budget too short for what is measured so far, before measuring more
         if not costs:
             raise DataError("Every candidate was skipped: " + "; ".join(f"{s['candidate']}: {s['reason']}" for s in skipped))
+        for line in measured:
+            self.say(line)
         self.state["costs"] = {name: cost.to_dict() for name, cost in costs.items()}
         self.state["skipped_candidates"] = skipped
         self.save()

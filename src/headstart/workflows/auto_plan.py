@@ -397,7 +397,7 @@ class PlanBar:
 
         self._progress = Progress(
             TextColumn("[bold]auto[/] {task.description}"), BarColumn(), TextColumn("{task.fields[eta]}"), TimeElapsedColumn(),
-            console=console or err_console, transient=False,
+            console=console or err_console, transient=True,
         )
 
     def __enter__(self) -> Self:
