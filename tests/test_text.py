@@ -896,3 +896,21 @@ def test_cli_rank_text_table(tiny_bert, tmp_path):
     assert result.exit_code == 0, result.output
     ranked = json.loads(result.stdout)
     assert {row["candidate"] for row in ranked["rows"]} == {f"hf:{tiny_bert}@random", "sk:tfidf"}
+
+
+def test_auto_on_text_ranks_the_encoder_beside_tfidf_and_chooses_on_validation(tiny_bert, tmp_path):
+    from headstart.bundles import load_bundle
+    from headstart.workflows.auto import auto
+
+    texts = [f"{t} {suffix}" for suffix in ("", "indeed", "really") for t in POSITIVE + NEGATIVE]
+    labels = np.array(([1] * len(POSITIVE) + [0] * len(NEGATIVE)) * 3)
+    split = np.array((["train"] * 8 + ["test"] * 2) * 6, dtype=object)
+    data = Dataset("sentiment", "text", ["negative", "positive"], texts, labels, split)
+    result = auto(data, "2m", candidates=[f"hf:{tiny_bert}", "sk:tfidf"], out=tmp_path / "auto", quiet=True)
+    probes = result.decisions["probes"]
+    assert set(probes) == {f"hf:{tiny_bert}", "sk:tfidf"} and list(probes["sk:tfidf"]["cv"]) == ["sk:tfidf"]
+    best = max(acc for record in probes.values() for acc in record["cv"].values())
+    assert result.choice["validation_accuracy"] == best or result.choice["kind"] == "finetune"
+    assert result.seconds <= 1.1 * result.budget
+    bundle = load_bundle(tmp_path / "auto" / "bundle")
+    assert set(bundle.predict(["what a lovely day", "what an awful day"])) <= {"negative", "positive"}
