@@ -29,7 +29,6 @@ spent is saved every few seconds).
 from __future__ import annotations
 
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,16 +39,22 @@ import numpy as np
 from headstart.data.dataset import Dataset
 from headstart.errors import DataError, OptionError
 from headstart.io import atomic_write_json, check_out_dir
+from headstart.workflows.auto_files import (
+    choose,
+    eval_from_dict,
+    final_probe,
+    fine_tune_step,
+    random_control,
+    write_files,
+)
 from headstart.workflows.auto_plan import (
+    CLOCK_FILE,
     CV_FOLDS,
     FINAL_SECONDS,
     HEADS,
-    MIN_EPOCHS,
-    PLAN_SHARE,
-    VAL_FRACTION,
     CandidateCost,
+    Clock,
     PlanBar,
-    finetune_seconds,
     format_seconds,
     head_seconds,
     make_plan,
@@ -60,7 +65,6 @@ from headstart.workflows.auto_plan import (
 )
 
 STATE_FILE = "auto_state.json"
-CLOCK_FILE = ".auto_clock"
 TFIDF = "sk:tfidf"
 IMAGE_SOURCES = ("tv", "timm")
 TEXT_SOURCES = ("hf", "st")
@@ -105,43 +109,6 @@ def default_candidates(modality: str) -> list[str]:
     sources = IMAGE_SOURCES if modality == "image" else TEXT_SOURCES
     names = [info.name for info in list_backbones(offline_only=True) if info.source in sources]
     return names + ([TFIDF] if modality == "text" else [])
-
-
-class _Clock:
-    """The budget's clock: seconds spent by earlier runs plus this one's, saved every few seconds."""
-
-    def __init__(self, budget: float, spent: float, out: Path | None) -> None:
-        self.budget, self.before, self.out = budget, spent, out
-        self.started = time.perf_counter()
-        self._stop = threading.Event()
-        if out is not None:
-            self._thread = threading.Thread(target=self._save_loop, daemon=True)
-            self._thread.start()
-
-    def spent(self) -> float:
-        return self.before + time.perf_counter() - self.started
-
-    def left(self) -> float:
-        return self.budget - self.spent()
-
-    def usable(self) -> float:
-        """What the plan may still use: its share of the time left, less the final step."""
-        return PLAN_SHARE * self.left() - FINAL_SECONDS
-
-    def save(self) -> None:
-        if self.out is not None and self.out.is_dir():
-            atomic_write_json(self.out / CLOCK_FILE, {"spent": round(self.spent(), 2)})
-
-    def _save_loop(self) -> None:
-        while not self._stop.wait(2.0):
-            try:
-                self.save()
-            except OSError:
-                pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.save()
 
 
 def auto(
@@ -212,7 +179,7 @@ def auto(
     state = _start_state(out, settings, resume)
     store = store or FeatureStore()
     run = _Run(data, settings, state, out, store, runtime, precision, quiet)
-    clock = _Clock(seconds_budget, state.get("spent", 0.0), out)
+    clock = Clock(seconds_budget, state.get("spent", 0.0), out)
     run.clock = clock
     try:
         with PlanBar(quiet) as bar:
@@ -252,12 +219,14 @@ def _start_state(out: Path | None, settings: dict[str, Any], resume: bool) -> di
     if not resume:
         return {"settings": settings, "spent": 0.0}
     state = json.loads((out / STATE_FILE).read_text())
-    differences = [key for key, value in settings.items() if state.get("settings", {}).get(key) != value]
+    # The budget may change (a resume can give the whole run more time); everything else must match.
+    differences = [key for key, value in settings.items() if key != "budget_s" and state.get("settings", {}).get(key) != value]
     if differences:
         raise OptionError(
             f"{out} holds an auto run with other {', '.join(differences)}; resume with the same data and options, "
             "or start a new run in another --out folder."
         )
+    state["settings"]["budget_s"] = settings["budget_s"]
     clock = out / CLOCK_FILE
     if clock.is_file():
         try:
@@ -277,7 +246,7 @@ class _Run:
         self.fitted: dict[tuple[str, str], Any] = {}
         self.features: dict[str, Any] = {}
         self.skipped_items: dict[tuple[str, str], None] = dict.fromkeys(data.skipped)  # (item, reason): the listing's and extraction's
-        self.clock: _Clock
+        self.clock: Clock
         self.bar: PlanBar
         self.steps: list[dict[str, Any]] = state.setdefault("steps", [])
         train = np.isin(data.split, ("train", "val"))
@@ -348,12 +317,12 @@ class _Run:
         self.state["plan"] = plan.to_dict()
         self.bar.plan(plan.steps)
         self.save()
-        for name in order:
-            if len(self.state.setdefault("probes", {})) >= len(plan.probe) and name not in self.state["probes"]:
-                break
+        self.state.setdefault("probes", {})
+        for name in plan.probe:
             self.probe(name, costs[name], rates, tuple(plan.heads), image_size, seed, must=name == order[0])
         best = self.best_probe()
-        tuned = self.finetune(order, costs, plan, image_size, seed) if plan.epochs and finetune else None
+        # Fine-tuning gets the epochs that fit now, whatever the plan guessed before the probes ran.
+        tuned = fine_tune_step(self, order, costs, image_size, seed) if finetune else None
         return self.finish(best, tuned, costs, image_size, seed, control)
 
     def measure(self, names, image_size, seed, finetune) -> dict[str, CandidateCost]:
@@ -362,13 +331,16 @@ class _Run:
 
         from headstart.backbones.registry import allows_remote_code
         from headstart.errors import (
-            LayerError,
-            UnknownBackboneError,
             WeightsMismatchError,
             WeightsUnavailableError,
         )
         from headstart.features import FeatureStore
-        from headstart.features.extract import check_modality, check_options, pick_device, stored_paths
+        from headstart.features.extract import (
+            check_modality,
+            check_options,
+            pick_device,
+            stored_paths,
+        )
         from headstart.heads import tfidf
 
         if "costs" in self.state:
@@ -479,7 +451,7 @@ class _Run:
         if name in probes and probes[name].get("done"):
             return
         estimate = probe_seconds(cost, len(self.data), self.n_train, rates, heads)
-        if not must and estimate > self.clock.usable() - self._reserve():
+        if not must and estimate > self.clock.usable() - self.reserve():
             self.say(f"skipped probing {name}: ~{format_seconds(estimate)} would not fit in the time left")
             probes[name] = {"done": True, "skipped": f"~{format_seconds(estimate)} did not fit in the {format_seconds(self.clock.left())} left"}
             return
@@ -488,7 +460,7 @@ class _Run:
             record: dict[str, Any] = {"cv": {}, "fit_s": {}, "skipped_heads": {}}
             for head in (heads if name != TFIDF else (TFIDF,)):
                 head_cost = head_seconds(rates, len(rows), (head,))
-                if head != heads[0] and head_cost > self.clock.usable() - self._reserve():
+                if head != heads[0] and head_cost > self.clock.usable() - self.reserve():
                     record["skipped_heads"][head] = f"~{format_seconds(head_cost)} did not fit in the time left"
                     continue
                 started = time.perf_counter()
@@ -502,12 +474,12 @@ class _Run:
         self.say(f"probed {name}: out-of-fold accuracy {scores}")
         self.save()
 
-    def _reserve(self) -> float:
+    def reserve(self, finetune: bool = True) -> float:
         """The time the plan keeps for the steps after the probes (fine-tuning, the control) while they have not run."""
         plan = self.state.get("plan") or {}
         kept = 0.0
         for name, seconds in plan.get("steps", []):
-            if (name.startswith("fine-tune") and "finetune" not in self.state) or name == "random-init control":
+            if (finetune and name.startswith("fine-tune") and "finetune" not in self.state) or name == "random-init control":
                 kept += seconds
         return kept
 
@@ -561,61 +533,7 @@ class _Run:
             raise DataError("No head could be scored: every class needs at least 2 training items for out-of-fold predictions.")
         return best
 
-    def finetune(self, order, costs, plan, image_size, seed) -> dict[str, Any] | None:
-        """LP-FT of the best network candidate, with the epochs that still fit; resumed from its checkpoint after a kill."""
-        from headstart.finetune import finetune
-        from headstart.finetune.data import split_indices
-
-        networks = [name for name in order if costs[name].train_item_seconds is not None and (self.state["probes"].get(name) or {}).get("cv")]
-        if not networks:
-            return None
-        name = max(networks, key=lambda n: max(self.state["probes"][n]["cv"].values()))
-        record = self.state.get("finetune") or {}
-        if record.get("done"):
-            return record
-        train_rows, val_rows, test_rows = split_indices(self.data, VAL_FRACTION, seed)
-        cost = costs[name]
-        epochs = record.get("epochs")
-        if epochs is None:  # the epochs that fit now, with the probes' real times behind
-            per_epoch = plan.epoch_seconds if name == order[0] else finetune_seconds(cost, 1, len(train_rows), len(val_rows), 0) - finetune_seconds(cost, 0, len(train_rows), len(val_rows), 0)
-            fixed = finetune_seconds(cost, 0, len(train_rows), len(val_rows), len(test_rows))
-            epochs = int(min(plan.epochs, max(0, (self.clock.usable() - fixed) // max(per_epoch, 1e-6))))
-            if epochs < MIN_EPOCHS:
-                self.state["finetune"] = {"done": True, "backbone": name, "skipped": f"{MIN_EPOCHS} epochs of ~{format_seconds(per_epoch)} no longer fit "
-                                          f"in the {format_seconds(self.clock.left())} left"}
-                self.say(f"no fine-tuning: {self.state['finetune']['skipped']}")
-                self.save()
-                return None
-            record = {"backbone": name, "epochs": epochs, "started": True}
-            self.state["finetune"] = record
-            self.save()
-        run_dir = self.out / "finetune" if self.out is not None else None
-        resume = run_dir is not None and (run_dir / "checkpoints" / "last.pt").is_file()
-        limit = max(1.0, self.clock.left() * PLAN_SHARE - FINAL_SECONDS - finetune_seconds(cost, 0, 0, len(val_rows), len(test_rows)))
-        estimate = finetune_seconds(cost, epochs, len(train_rows), len(val_rows), len(test_rows))
-        self.say(f"fine-tuning {name} with LP-FT for {epochs} epochs, stopped after {format_seconds(limit)} of training at the latest")
-        with self.step(f"fine-tune {name}", estimate):
-            result = finetune(self.data, self.backbone(name), strategy="lp-ft", epochs=epochs, ema_decay=None, image_size=image_size, seed=seed,
-                              out=run_dir, resume=resume, store=self.store, quiet=True, max_seconds=limit, val_fraction=VAL_FRACTION)
-        history = result.history
-        kept = history[result.best_epoch]["val_accuracy"] if result.best_epoch >= 0 else (result.start or {}).get("val_accuracy")
-        record.update({
-            "done": True, "validation_accuracy": kept, "start_validation_accuracy": (result.start or {}).get("val_accuracy"),
-            "best_epoch": result.best_epoch, "epochs_run": len(history), "stopped_by_budget": result.stopped_by_budget,
-            "seconds": round(result.seconds, 1), "test_accuracy": result.test.accuracy if result.test else None,
-            "bundle": str(result.bundle_path) if result.bundle_path else None,
-        })
-        self.tuned_result = result
-        self.save()
-        return record
-
     def finish(self, best, tuned, costs, image_size, seed, control) -> AutoResult:
-        from headstart.workflows.auto_files import (
-            choose,
-            final_probe,
-            random_control,
-            write_files,
-        )
 
         choice, compare = choose(self, best, tuned, image_size, seed)
         with self.step("choose and save", FINAL_SECONDS):
@@ -637,8 +555,6 @@ class _Run:
             bundle, test = result.bundle, result.test
         else:  # finished before a resume: read it back
             import json
-
-            from headstart.workflows.auto_files import eval_from_dict
 
             bundle = load_bundle(self.out / "finetune" / "bundle")
             test = eval_from_dict(json.loads((self.out / "finetune" / "metrics.json").read_text()).get("test"))

@@ -1,6 +1,6 @@
-"""The last steps of ``headstart auto``: the choice, the final model, the control, and the files that explain it all.
+"""The steps of ``headstart auto`` after the probes: fine-tuning, the choice, the final model, the control, and the files.
 
-Kept apart from :mod:`headstart.workflows.auto` (the steps that spend the budget) so that each stays
+Kept apart from :mod:`headstart.workflows.auto` (measuring, ranking, probing) so that each stays
 readable. Nothing here reads the test split before the choice is made.
 """
 
@@ -12,10 +12,70 @@ from typing import Any
 import numpy as np
 
 from headstart.evaluate import EvalResult, evaluate
-from headstart.workflows.auto_plan import CV_FOLDS, format_seconds, probe_seconds
+from headstart.workflows.auto_plan import (
+    CV_FOLDS,
+    FINAL_SECONDS,
+    MAX_EPOCHS,
+    MIN_EPOCHS,
+    PLAN_SHARE,
+    VAL_FRACTION,
+    epoch_seconds,
+    finetune_seconds,
+    format_seconds,
+    probe_seconds,
+)
 
 TFIDF = "sk:tfidf"
 CV_WORDS = f"out-of-fold accuracy ({CV_FOLDS}-fold, on the training rows)"
+
+
+def fine_tune_step(run, order, costs, image_size, seed) -> dict[str, Any] | None:
+    """LP-FT of the best network candidate, with the epochs that still fit; resumed from its checkpoint after a kill."""
+    from headstart.finetune import finetune
+    from headstart.finetune.data import split_indices
+
+    networks = [name for name in order if costs[name].train_item_seconds is not None and (run.state["probes"].get(name) or {}).get("cv")]
+    if not networks:
+        return None
+    name = max(networks, key=lambda n: max(acc for acc in run.state["probes"][n]["cv"].values() if acc is not None))
+    record = run.state.get("finetune") or {}
+    if record.get("done"):
+        return record
+    train_rows, val_rows, test_rows = split_indices(run.data, VAL_FRACTION, seed)
+    cost = costs[name]
+    epochs = record.get("epochs")
+    if epochs is None:  # the epochs that fit now, with the probes' real times behind
+        per_epoch = epoch_seconds(cost, len(train_rows), len(val_rows))
+        fixed = finetune_seconds(cost, 0, len(train_rows), len(val_rows), len(test_rows))
+        epochs = int(min(MAX_EPOCHS, max(0, (run.clock.usable() - run.reserve(finetune=False) - fixed) // max(per_epoch, 1e-6))))
+        if epochs < MIN_EPOCHS:
+            run.state["finetune"] = {"done": True, "backbone": name, "skipped": f"{MIN_EPOCHS} LP-FT epochs of ~{format_seconds(per_epoch)} "
+                                      f"(and ~{format_seconds(fixed)} to set up and evaluate) do not fit in the {format_seconds(run.clock.left())} left"}
+            run.say(f"no fine-tuning: {run.state['finetune']['skipped']}")
+            run.save()
+            return None
+        record = {"backbone": name, "epochs": epochs, "started": True}
+        run.state["finetune"] = record
+        run.save()
+    run_dir = run.out / "finetune" if run.out is not None else None
+    resume = run_dir is not None and (run_dir / "checkpoints" / "last.pt").is_file()
+    limit = max(1.0, run.clock.left() * PLAN_SHARE - FINAL_SECONDS - finetune_seconds(cost, 0, 0, len(val_rows), len(test_rows)))
+    estimate = finetune_seconds(cost, epochs, len(train_rows), len(val_rows), len(test_rows))
+    run.say(f"fine-tuning {name} with LP-FT for {epochs} epochs, stopped after {format_seconds(limit)} of training at the latest")
+    with run.step(f"fine-tune {name}", estimate):
+        result = finetune(run.data, run.backbone(name), strategy="lp-ft", epochs=epochs, ema_decay=None, image_size=image_size, seed=seed,
+                          out=run_dir, resume=resume, store=run.store, quiet=True, max_seconds=limit, val_fraction=VAL_FRACTION)
+    history = result.history
+    kept = history[result.best_epoch]["val_accuracy"] if result.best_epoch >= 0 else (result.start or {}).get("val_accuracy")
+    record.update({
+        "done": True, "validation_accuracy": kept, "start_validation_accuracy": (result.start or {}).get("val_accuracy"),
+        "best_epoch": result.best_epoch, "epochs_run": len(history), "stopped_by_budget": result.stopped_by_budget,
+        "seconds": round(result.seconds, 1), "test_accuracy": result.test.accuracy if result.test else None,
+        "bundle": str(result.bundle_path) if result.bundle_path else None,
+    })
+    run.tuned_result = result
+    run.save()
+    return record
 
 
 def choose(run, best: dict[str, Any], tuned: dict[str, Any] | None, image_size, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -31,7 +91,7 @@ def choose(run, best: dict[str, Any], tuned: dict[str, Any] | None, image_size, 
         return probe_choice, {"finetune": (tuned or {}).get("skipped") or run.state.get("finetune", {}).get("skipped")}
     compare = run.state.get("comparison")
     if compare is None:
-        train_rows, val_rows, _ = split_indices(run.data, 0.1, seed)
+        train_rows, val_rows, _ = split_indices(run.data, VAL_FRACTION, seed)
         X, y, rows = run.training_rows(best["backbone"], image_size)
         valid = set(rows.tolist())
         fit_rows = np.array([r for r in train_rows if r in valid], dtype=int)

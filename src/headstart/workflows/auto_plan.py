@@ -27,12 +27,16 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from typing_extensions import Self
 
 from headstart.errors import OptionError
+from headstart.io import atomic_write_json
+
+CLOCK_FILE = ".auto_clock"  # the run's spent seconds, saved every few seconds (a killed run's time counts on resume)
 
 HEADS = ("linear", "knn", "mlp")
 TOP_K = 3  # at most this many candidates are probed on all the data
@@ -373,6 +377,43 @@ def time_training(backbone, cost: CandidateCost, image_size: int | None) -> Cand
                                train_measured=f"3 timed training steps of {len(batch)} images (the last one), plus decoding")
 
 
+class Clock:
+    """The budget's clock: seconds spent by earlier runs plus this one's, saved every few seconds."""
+
+    def __init__(self, budget: float, spent: float, out: Path | None) -> None:
+        self.budget, self.before, self.out = budget, spent, out
+        self.started = time.perf_counter()
+        self._stop = threading.Event()
+        if out is not None:
+            self._thread = threading.Thread(target=self._save_loop, daemon=True)
+            self._thread.start()
+
+    def spent(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def left(self) -> float:
+        return self.budget - self.spent()
+
+    def usable(self) -> float:
+        """What the plan may still use: its share of the time left, less the final step."""
+        return PLAN_SHARE * self.left() - FINAL_SECONDS
+
+    def save(self) -> None:
+        if self.out is not None and self.out.is_dir():
+            atomic_write_json(self.out / CLOCK_FILE, {"spent": round(self.spent(), 2)})
+
+    def _save_loop(self) -> None:
+        while not self._stop.wait(2.0):
+            try:
+                self.save()
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.save()
+
+
 class PlanBar:
     """One progress bar for the whole run; its ETA is the plan's time left.
 
@@ -453,4 +494,4 @@ class PlanBar:
                               eta=f"ETA {format_seconds(left)}" if left > 0 else "")
 
 
-__all__ = ["HEADS", "CandidateCost", "Plan", "PlanBar", "make_plan", "measure_candidate", "parse_budget", "time_training"]
+__all__ = ["HEADS", "CandidateCost", "Clock", "Plan", "PlanBar", "make_plan", "measure_candidate", "parse_budget", "time_training"]
