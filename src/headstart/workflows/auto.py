@@ -218,7 +218,12 @@ def _start_state(out: Path | None, settings: dict[str, Any], resume: bool) -> di
 
     if not resume:
         return {"settings": settings, "spent": 0.0}
-    state = json.loads((out / STATE_FILE).read_text())
+    try:
+        state = json.loads((out / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        state = None
+    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict):
+        raise OptionError(f"{out / STATE_FILE} is not a readable auto state; start a new run in another --out folder.")
     # The budget may change (a resume can give the whole run more time); everything else must match.
     differences = [key for key, value in settings.items() if key != "budget_s" and state.get("settings", {}).get(key) != value]
     if differences:
