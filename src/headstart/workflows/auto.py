@@ -462,7 +462,7 @@ class _Run:
             return
         with self.step(f"probe {name}", estimate):
             X, y, rows = self.training_rows(name, image_size)
-            record: dict[str, Any] = {"cv": {}, "fit_s": {}, "skipped_heads": {}}
+            record: dict[str, Any] = {"cv": {}, "fit_s": {}, "skipped_heads": {}, "n": int(len(rows))}
             for head in (heads if name != TFIDF else (TFIDF,)):
                 head_cost = head_seconds(rates, len(rows), (head,))
                 if head != heads[0] and head_cost > self.clock.usable() - self.reserve():

@@ -204,8 +204,9 @@ def explain(run, choice: dict[str, Any], compare: dict[str, Any], control: dict[
     if scored:
         top = scored[0]
         runner = f"; next best {scored[1][1]} + {scored[1][2]} at {scored[1][0]:.3f}" if len(scored) > 1 else ""
+        error = (top[0] * (1 - top[0]) / max(1, run.n_train)) ** 0.5
         lines.append(f"Best probe by {CV_WORDS} ({len(scored)} scored; ties go to the better-ranked candidate and the simpler head): "
-                     f"{top[1]} + {top[2]} at {top[0]:.3f}{runner}.")
+                     f"{top[1]} + {top[2]} at {top[0]:.3f} ± {error:.3f}{runner}.")
     tune = state.get("finetune") or {}
     if compare.get("gain") is not None:
         verdict = "paid: the fine-tuned model is chosen" if compare["gain"] > 0 else "did not pay: the probe is kept"

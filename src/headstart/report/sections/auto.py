@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from headstart.report.html import Section, esc, fmt, kv_table, table
@@ -34,9 +35,10 @@ def auto_section(run: RunFiles) -> Section | None:
             continue
         cv = record.get("cv") or {}
         note = record.get("skipped") or "; ".join(f"{h}: {why}" for h, why in (record.get("skipped_heads") or {}).items())
-        rows.append([name, fmt((rank.get(name) or {}).get("rank")), *[fmt(as_number(cv.get(h))) if h in cv else "" for h in heads], note or ""])
+        rows.append([name, fmt((rank.get(name) or {}).get("rank")), *[_with_error(cv.get(h), record.get("n")) if h in cv else "" for h in heads],
+                     note or ""])
     if rows:
-        body += "<h3>Candidates: out-of-fold accuracy of each head on the training rows</h3>"
+        body += "<h3>Candidates: out-of-fold accuracy of each head on the training rows (± its binomial standard error)</h3>"
         body += table(["candidate", "rank", *heads, "note"], rows, numeric_from=1)
     compare = auto.get("comparison") or {}
     if compare.get("gain") is not None:
@@ -58,3 +60,13 @@ def auto_section(run: RunFiles) -> Section | None:
             + ": what pretraining is worth on this data."
         ) + "</p>"
     return Section("auto", "Auto: what was chosen and why", body)
+
+
+def _with_error(accuracy: Any, n: Any) -> str:
+    """``0.911 ± 0.009``: an accuracy and its binomial standard error over ``n`` rows."""
+    value, rows = as_number(accuracy), as_number(n)
+    if value is None:
+        return ""
+    if not rows:
+        return fmt(value)
+    return f"{value:.3f} ± {math.sqrt(max(value * (1 - value), 0.0) / rows):.3f}"
