@@ -17,24 +17,24 @@ import torch
 from headstart.backbones.spec import BackboneSpec
 from headstart.data.dataset import Dataset, stratified_split
 from headstart.data.transforms import decode_file, preprocess_array_batch, preprocess_pil
-from headstart.errors import DataError
+from headstart.errors import DataError, OptionError
 from headstart.data.augment import AugmentConfig, augment_batch, pil_train_transform, sample_seed
 
 IGNORE = -100  # label of a file that failed to decode: CrossEntropyLoss skips it
 
 
-def load_classification_data(data: Dataset | str, per_class: int | None, seed: int) -> Dataset:
-    """A Dataset for fine-tuning: loaded from a source string (subsampled to ``per_class``), checked to be single-label image or text classification."""
+def load_classification_data(data: Dataset | str, per_class: int | None, seed: int, task: str = "fine-tuning") -> Dataset:
+    """A Dataset for ``task`` (fine-tuning, auto): loaded from a source string (subsampled to ``per_class``), checked to be single-label image or text classification."""
     if isinstance(data, (str, Path)):
         from headstart.data import load_data
 
         data = load_data(str(data), per_class=per_class, seed=seed)
     elif per_class is not None:
-        raise ValueError("per_class applies when data is a source string; subsample a Dataset with load_data(..., per_class=N).")
+        raise OptionError("per_class applies when data is a source string; subsample a Dataset with load_data(..., per_class=N).")
     if data.modality not in ("image", "text"):
-        raise DataError(f"{data.source} is {data.modality} data; fine-tuning supports image and text classification.")
+        raise DataError(f"{data.source} is {data.modality} data; {task} supports image and text classification.")
     if data.multilabel:
-        raise DataError(f"{data.source} is multi-label; fine-tuning supports single-label classification. Probe it with headstart probe.")
+        raise DataError(f"{data.source} is multi-label; {task} supports single-label classification. Probe it with headstart probe.")
     return data
 
 

@@ -28,6 +28,7 @@ spent is saved every few seconds).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ import numpy as np
 
 from headstart.data.dataset import Dataset
 from headstart.errors import DataError, OptionError
+from headstart.finetune.data import load_classification_data
 from headstart.io import atomic_write_json, check_out_dir
 from headstart.workflows.auto_files import (
     choose,
@@ -170,7 +172,7 @@ def auto(
     out = check_out_dir(out)
     if resume and (out is None or not (out / STATE_FILE).is_file()):
         raise OptionError(f"Nothing to resume: {out} holds no {STATE_FILE}. Run without --resume to start.")
-    data = _load(data, per_class, seed)
+    data = load_classification_data(data, per_class, seed, task="auto")
     names = list(dict.fromkeys(candidates or default_candidates(data.modality)))
     if not names:
         raise OptionError(f"No {data.modality} backbone is available offline; name some with --candidates.")
@@ -197,20 +199,6 @@ def auto(
         if out is not None and out.is_dir():
             state["spent"] = round(clock.spent(), 2)
             atomic_write_json(out / STATE_FILE, state)
-
-
-def _load(data: Dataset | str, per_class: int | None, seed: int) -> Dataset:
-    from headstart.data import load_data
-
-    if isinstance(data, (str, Path)):
-        data = load_data(str(data), per_class=per_class, seed=seed)
-    elif per_class is not None:
-        raise OptionError("per_class applies when data is a source string; subsample a Dataset with load_data(..., per_class=N).")
-    if data.modality not in ("image", "text"):
-        raise DataError(f"{data.source} is {data.modality} data; auto handles image and text classification.")
-    if data.multilabel:
-        raise DataError(f"{data.source} is multi-label; auto handles single-label classification. Use headstart probe.")
-    return data
 
 
 def _start_state(out: Path | None, settings: dict[str, Any], resume: bool) -> dict[str, Any]:
@@ -269,21 +257,16 @@ class _Run:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / STATE_FILE, self.state)
 
+    @contextlib.contextmanager
     def step(self, name: str, estimate: float):
-        run = self
-
-        class _Step:
-            def __enter__(self):
-                self.started = time.perf_counter()
-                run.bar.start(name, estimate)
-                return self
-
-            def __exit__(self, *exc):
-                run.bar.finish()
-                if exc[0] is None:
-                    run.steps.append({"step": name, "planned_s": round(estimate, 1), "actual_s": round(time.perf_counter() - self.started, 1)})
-
-        return _Step()
+        """Show ``name`` on the bar for ``estimate`` seconds; record its planned and actual seconds when it ends without an error."""
+        started = time.perf_counter()
+        self.bar.start(name, estimate)
+        try:
+            yield
+        finally:
+            self.bar.finish()
+        self.steps.append({"step": name, "planned_s": round(estimate, 1), "actual_s": round(time.perf_counter() - started, 1)})
 
     def backbone(self, name: str):
         from headstart.backbones import load_backbone

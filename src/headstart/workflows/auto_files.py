@@ -140,7 +140,7 @@ def final_probe(run, choice: dict[str, Any], image_size, seed: int):
         names = np.array(data.classes, dtype=object)
         columns = [data.classes[int(c)] for c in model.classes_]
         test = evaluate(names[y[test_rows]], calibration.apply(model.predict_proba(X[test_rows])), columns, split="test")
-    manifest = {"seed": seed, "data_fingerprint": data.fingerprint(), "data_source": data.source, "auto": True}
+    manifest = {"seed": seed, "data_fingerprint": run.settings["data"], "data_source": data.source, "auto": True}
     metrics = test.to_dict() if test is not None else {}
     if name == TFIDF:
         bundle = TfidfBundle(model, data.classes, metrics=metrics, manifest={**manifest, "store_key": None}, calibration=calibration)
